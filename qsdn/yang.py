@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import libyang
-from _libyang import lib
+from _libyang import ffi, lib  # type: ignore[import-not-found]
 from libyang.util import c2str
 
 from qsdn.errors import ErrorInfo, ErrorType, QsdnError, ValidationError
@@ -48,7 +48,18 @@ def ietf_module_dirs() -> list[Path]:
 
 #: Modules every qsdn agent context implements, with the features enabled in each.
 AGENT_MODULES: tuple[tuple[str, Sequence[str]], ...] = (
-    ("ietf-netconf", ("writable-running", "candidate", "confirmed-commit", "rollback-on-error", "validate", "startup", "xpath")),
+    (
+        "ietf-netconf",
+        (
+            "writable-running",
+            "candidate",
+            "confirmed-commit",
+            "rollback-on-error",
+            "validate",
+            "startup",
+            "xpath",
+        ),
+    ),
     ("ietf-netconf-with-defaults", ()),
     ("ietf-netconf-monitoring", ()),
     ("ietf-netconf-notifications", ()),
@@ -80,13 +91,17 @@ def _configure_libyang_logging() -> None:
 
 
 def classify(message: str, vecode: int) -> tuple[str, str | None]:
-    """Map a libyang message onto a NETCONF error-tag and app-tag (RFC 6241 appendix A, RFC 7950 section 15)."""
+    """Map a libyang message onto NETCONF error-tag and app-tag (RFC 6241 app. A, RFC 7950 sec. 15)."""
     m = message
     if vecode in (_LYVE_SYNTAX_XML, _LYVE_SYNTAX_JSON) and "namespace" not in m:
         return "malformed-message", None
     if "No module with namespace" in m or "No module named" in m or "unknown namespace" in m.lower():
         return "unknown-namespace", None
-    if "not found as a child" in m or "Unknown element" in m or "not found" in m and vecode == _LYVE_REFERENCE:
+    if (
+        "not found as a child" in m
+        or "Unknown element" in m
+        or ("not found" in m and vecode == _LYVE_REFERENCE)
+    ):
         return "unknown-element", None
     if "When condition" in m:
         # RFC 7950 section 8.3.1: a node whose "when" is false in a request is an unknown element.
@@ -95,13 +110,13 @@ def classify(message: str, vecode: int) -> tuple[str, str | None]:
         return "missing-element", None
     if "Must condition" in m:
         return "operation-failed", "must-violation"
-    if "Unique data" in m or "unique" in m.lower() and "violat" in m.lower():
+    if "Unique data" in m or ("unique" in m.lower() and "violat" in m.lower()):
         return "operation-failed", "data-not-unique"
     if "Too many" in m:
         return "operation-failed", "too-many-elements"
     if "Too few" in m:
         return "operation-failed", "too-few-elements"
-    if "required instance" in m.lower() or "leafref" in m.lower() and "instance" in m.lower():
+    if "required instance" in m.lower() or ("leafref" in m.lower() and "instance" in m.lower()):
         return "data-missing", "instance-required"
     if "Mandatory choice" in m:
         return "data-missing", "missing-choice"
@@ -122,7 +137,17 @@ def _revision(m: libyang.Module) -> str | None:
     return None
 
 
-class _Context(libyang.Context):  # type: ignore[misc]
+def _enable_features(ctx: libyang.Context, mod: libyang.Module, name: str, features: Sequence[str]) -> None:
+    """Enable a set of features at once (libyang 2: ``lys_set_implemented`` with the whole list)."""
+    keep = [ffi.new("char[]", f.encode()) for f in features]
+    arr = ffi.new("char *[]", [*keep, ffi.NULL])
+    if lib.lys_set_implemented(mod.cdata, arr) != lib.LY_SUCCESS:
+        raise QsdnError(
+            f"cannot enable features {', '.join(features)} of YANG module {name!r}: {ctx.error('')}"
+        )
+
+
+class _Context(libyang.Context):
     """A libyang context whose errors keep their structure (message, data path, app-tag)."""
 
     def error(self, msg: str, *args: Any) -> libyang.LibyangError:
@@ -147,7 +172,7 @@ class _Context(libyang.Context):  # type: ignore[misc]
             )
             err = err.next
         if self.cdata:
-            lib.ly_err_clean(self.cdata, libyang.util.ffi.NULL)
+            lib.ly_err_clean(self.cdata, ffi.NULL)
         e = libyang.LibyangError(msg % args if args else msg)
         e.qsdn_errors = items  # type: ignore[attr-defined]
         return e
@@ -190,11 +215,8 @@ class SchemaContext:
                 raise QsdnError(
                     f"cannot load YANG module {name!r} from {', '.join(map(str, self.search_dirs))}: {exc}"
                 ) from exc
-            if "*" in features:
-                mod.feature_enable_all()
-            else:
-                for f in features:
-                    mod.feature_enable(f)
+            if features:
+                _enable_features(self.ctx, mod, name, features)
         self._ns_to_module: dict[str, str] = {}
         self._module_to_ns: dict[str, str] = {}
         for m in self.ctx:
@@ -243,8 +265,7 @@ class SchemaContext:
                 fp = self._module_file(name, _revision(m))
                 if fp is not None:
                     return fp.read_text(encoding="utf-8")
-                text: str = m.print_mem("yang")
-                return text
+                return str(m.print_mem("yang"))
         return None
 
     # --- data -----------------------------------------------------------------------------------
@@ -259,7 +280,7 @@ class SchemaContext:
                 fmt,
                 no_state=config_only,
                 strict=True,
-                validate_present=False,
+                validate_present=not config_only,
                 parse_only=not validate,
             )
         except libyang.LibyangError as exc:
@@ -275,7 +296,7 @@ class SchemaContext:
         with self.parsed(data, fmt, config_only=True) as tree:
             if tree is None:
                 return ""
-            text: str = tree.print_mem(out_fmt, with_siblings=True, pretty=False, trim_default_values=False)
+            text = str(tree.print_mem(out_fmt, with_siblings=True, pretty=False, trim_default_values=False))
             return text
 
     def validate_data(self, data: bytes | str, fmt: str = "xml") -> None:
@@ -287,7 +308,7 @@ class SchemaContext:
         with self.parsed(data, fmt, config_only=config_only) as tree:
             if tree is None:
                 return ""
-            text: str = tree.print_mem(out_fmt, with_siblings=True, pretty=False)
+            text = str(tree.print_mem(out_fmt, with_siblings=True, pretty=False))
             return text
 
 

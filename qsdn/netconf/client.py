@@ -23,6 +23,7 @@ from qsdn.netconf import messages
 from qsdn.netconf import xml as ncxml
 from qsdn.netconf.framing import Framing, FramingDecoder, encode
 from qsdn.netconf.messages import Notification, RpcReply
+from qsdn.netconf.xml import ns_map
 
 log = logging.getLogger(__name__)
 
@@ -182,13 +183,23 @@ class NetconfClient:
         await self.rpc(op, check=False)
 
     # --- RPCs ------------------------------------------------------------------------------------
-    async def rpc(self, operation: etree._Element | bytes, *, check: bool = True, timeout_s: float | None = None) -> RpcReply:
+    async def rpc(
+        self, operation: etree._Element | bytes, *, check: bool = True, timeout_s: float | None = None
+    ) -> RpcReply:
         if self._writer is None:
             raise QsdnError("NETCONF session is not open", type=ErrorType.TRANSPORT)
         mid = str(next(self._ids))
         fut: asyncio.Future[RpcReply] = asyncio.get_running_loop().create_future()
         self._pending[mid] = fut
-        self._writer.write(encode(messages.build_rpc(operation, mid), self.framing))
+        try:
+            self._writer.write(encode(messages.build_rpc(operation, mid), self.framing))
+        except (OSError, asyncssh.Error) as exc:
+            self._pending.pop(mid, None)
+            raise QsdnError(
+                f"NETCONF session to {self.host}:{self.port} is closed: {exc}",
+                tag="operation-failed",
+                type=ErrorType.TRANSPORT,
+            ) from exc
         try:
             reply = await asyncio.wait_for(fut, timeout_s or self.timeout_s)
         except TimeoutError:
@@ -204,7 +215,7 @@ class NetconfClient:
 
     @staticmethod
     def _op(name: str, *children: etree._Element) -> etree._Element:
-        op = etree.Element(f"{{{NC}}}{name}", nsmap={None: NC})
+        op = etree.Element(f"{{{NC}}}{name}", nsmap=ns_map(NC))
         for c in children:
             op.append(c)
         return op
@@ -216,27 +227,42 @@ class NetconfClient:
         return el
 
     @staticmethod
-    def _filter(subtree: str | bytes | None, xpath: str | None, nsmap: dict[str, str] | None) -> list[etree._Element]:
+    def _filter(
+        subtree: str | bytes | None, xpath: str | None, nsmap: dict[str, str] | None
+    ) -> list[etree._Element]:
         if subtree is not None:
             body = subtree.encode() if isinstance(subtree, str) else subtree
-            f = etree.fromstring(b'<filter xmlns="' + NC.encode() + b'" type="subtree">' + body + b"</filter>")
+            f = etree.fromstring(
+                b'<filter xmlns="' + NC.encode() + b'" type="subtree">' + body + b"</filter>"
+            )
             return [f]
         if xpath is not None:
-            f = etree.Element(f"{{{NC}}}filter", nsmap=nsmap or {})  # type: ignore[arg-type]
+            f = etree.Element(f"{{{NC}}}filter", nsmap=nsmap or {})
             f.set("type", "xpath")
             f.set("select", xpath)
             return [f]
         return []
 
-    async def get(self, subtree: str | bytes | None = None, xpath: str | None = None, nsmap: dict[str, str] | None = None) -> etree._Element:
+    async def get(
+        self,
+        subtree: str | bytes | None = None,
+        xpath: str | None = None,
+        nsmap: dict[str, str] | None = None,
+    ) -> etree._Element:
         reply = await self.rpc(self._op("get", *self._filter(subtree, xpath, nsmap)))
         assert reply.data is not None
         return reply.data
 
     async def get_config(
-        self, source: str = "running", subtree: str | bytes | None = None, xpath: str | None = None, nsmap: dict[str, str] | None = None
+        self,
+        source: str = "running",
+        subtree: str | bytes | None = None,
+        xpath: str | None = None,
+        nsmap: dict[str, str] | None = None,
     ) -> etree._Element:
-        reply = await self.rpc(self._op("get-config", self._ds("source", source), *self._filter(subtree, xpath, nsmap)))
+        reply = await self.rpc(
+            self._op("get-config", self._ds("source", source), *self._filter(subtree, xpath, nsmap))
+        )
         if reply.data is None:
             raise QsdnError("get-config reply without <data>", type=ErrorType.RPC)
         return reply.data
@@ -251,7 +277,11 @@ class NetconfClient:
         error_option: str | None = None,
     ) -> RpcReply:
         op = self._op("edit-config", self._ds("target", target))
-        for name, value in (("default-operation", default_operation), ("test-option", test_option), ("error-option", error_option)):
+        for name, value in (
+            ("default-operation", default_operation),
+            ("test-option", test_option),
+            ("error-option", error_option),
+        ):
             if value is not None:
                 etree.SubElement(op, f"{{{NC}}}{name}").text = value
         if isinstance(config, etree._Element):
@@ -268,7 +298,14 @@ class NetconfClient:
     async def unlock(self, target: str = "running") -> RpcReply:
         return await self.rpc(self._op("unlock", self._ds("target", target)))
 
-    async def commit(self, *, confirmed: bool = False, confirm_timeout_s: int | None = None, persist: str | None = None, persist_id: str | None = None) -> RpcReply:
+    async def commit(
+        self,
+        *,
+        confirmed: bool = False,
+        confirm_timeout_s: int | None = None,
+        persist: str | None = None,
+        persist_id: str | None = None,
+    ) -> RpcReply:
         op = self._op("commit")
         if confirmed:
             etree.SubElement(op, f"{{{NC}}}confirmed")
@@ -294,7 +331,7 @@ class NetconfClient:
 
     async def get_schema(self, identifier: str, version: str | None = None) -> str:
         ns = ncxml.MONITORING_NS
-        op = etree.Element(f"{{{ns}}}get-schema", nsmap={None: ns})
+        op = etree.Element(f"{{{ns}}}get-schema", nsmap=ns_map(ns))
         etree.SubElement(op, f"{{{ns}}}identifier").text = identifier
         if version is not None:
             etree.SubElement(op, f"{{{ns}}}version").text = version
@@ -307,7 +344,7 @@ class NetconfClient:
 
     async def create_subscription(self, subtree_filter: str | None = None) -> RpcReply:
         ns = ncxml.NOTIFICATION_NS
-        op = etree.Element(f"{{{ns}}}create-subscription", nsmap={None: ns})
+        op = etree.Element(f"{{{ns}}}create-subscription", nsmap=ns_map(ns))
         if subtree_filter is not None:
             f = etree.fromstring(f'<filter xmlns="{ns}" type="subtree">{subtree_filter}</filter>')
             op.append(f)

@@ -17,6 +17,7 @@ renders as an ``<rpc-error>`` with error-tag ``malformed-message``.
 from __future__ import annotations
 
 import threading
+from typing import cast
 
 from lxml import etree
 
@@ -160,3 +161,14 @@ def tostring(el: etree._Element, *, xml_declaration: bool = False) -> bytes:
     netconf-console2 accept messages with and without one.
     """
     return etree.tostring(el, encoding="UTF-8", xml_declaration=xml_declaration, with_tail=False)
+
+
+def ns_map(default: str | None = None, prefixed: dict[str, str] | None = None) -> dict[str, str]:
+    """An lxml ``nsmap`` with an optional default namespace.
+
+    lxml accepts ``None`` as the key of the default namespace; its type stubs do not, hence the cast.
+    """
+    m: dict[str | None, str] = {None: default} if default else {}
+    m.update(prefixed or {})
+    out: dict[str, str] = cast("dict[str, str]", m)
+    return out

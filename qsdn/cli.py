@@ -1,0 +1,117 @@
+"""The ``qsdn`` command: ``qsdn agent run|check-config``, more to come (controller, lab, plan, session).
+
+``main(argv=None) -> int`` so tests call it in-process. Errors of the QsdnError family print one
+line naming the object and the rule, and exit 2 (configuration) or 1 (anything else).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from qsdn.errors import ConfigError, QsdnError
+
+log = logging.getLogger("qsdn")
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    # asyncssh is chatty at INFO (one line per packet type); operators want ours.
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
+
+
+def _agent_run(args: argparse.Namespace) -> int:
+    from agent.config import load_config
+    from agent.server import run_agent
+
+    config = load_config(Path(args.config))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_agent(config, stop)
+
+    asyncio.run(main())
+    log.info("agent %s stopped", config.name)
+    return 0
+
+
+def _agent_check(args: argparse.Namespace) -> int:
+    from agent.config import load_config
+
+    config = load_config(Path(args.config))
+    print(
+        f"{args.config}: ok: node {config.name} ({config.node_id}), NETCONF on "
+        f"{config.netconf.host}:{config.netconf.port}, {len(config.interfaces)} interface(s), "
+        f"{len(config.netconf.users)} user(s)"
+    )
+    return 0
+
+
+def _hash_password(args: argparse.Namespace) -> int:
+    import getpass
+
+    from agent.config import hash_password
+
+    pw = args.password if args.password is not None else getpass.getpass("password: ")
+    print(hash_password(pw))
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from qsdn.demo import main as demo_main
+
+    return demo_main(seconds=args.seconds, keep=args.dir)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qsdn", description="SDN control plane for quantum networks")
+    p.add_argument("--log-level", default="info", help="debug, info, warning, error (default: info)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    agent = sub.add_parser("agent", help="the per-node NETCONF agent").add_subparsers(
+        dest="action", required=True
+    )
+    run = agent.add_parser("run", help="run an agent")
+    run.add_argument("--config", required=True, help="node.yaml")
+    run.set_defaults(func=_agent_run)
+    check = agent.add_parser("check-config", help="validate a node.yaml and exit")
+    check.add_argument("config", help="node.yaml")
+    check.set_defaults(func=_agent_check)
+    hp = agent.add_parser("hash-password", help="print a password_hash for node.yaml")
+    hp.add_argument("--password", help="the password (prompted when absent)")
+    hp.set_defaults(func=_hash_password)
+    demo = sub.add_parser("demo", help="two agents, one fibre: keys at both ends, then a fibre cut")
+    demo.add_argument("--seconds", type=float, default=5.0, help="how long to produce key (default 5)")
+    demo.add_argument("--dir", help="keep the agents' files in this directory")
+    demo.set_defaults(func=_demo)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _setup_logging(args.log_level)
+    try:
+        rc: int = args.func(args)
+        return rc
+    except ConfigError as exc:
+        print(f"error: {exc.first.message}", file=sys.stderr)
+        return 2
+    except QsdnError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
