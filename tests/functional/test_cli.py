@@ -97,7 +97,7 @@ async def test_agent_process_serves_and_shuts_down_cleanly(tmp_path: Path, sig: 
                     data = await c.get_config()
                     assert cfg["node_id"] in (data.xpath("string(.)") or "")
                 break
-            except Exception:  # noqa: BLE001 - not up yet
+            except Exception:
                 if proc.returncode is not None:
                     raise
                 await asyncio.sleep(0.05)
