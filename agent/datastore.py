@@ -121,7 +121,22 @@ class DatastoreManager:
         if startup is None:
             self._stores[STARTUP].xml = running
             self._persist(self._stores[STARTUP])
+        self._rollback_file = _Store("confirmed-rollback", path=self.data_dir / "confirmed-rollback.xml")
+        pending = self._load(self._rollback_file)
+        if pending is not None:
+            # The agent stopped while a confirmed commit was unconfirmed (RFC 6241 8.4): undo it.
+            log.warning(
+                "an unconfirmed commit was pending when the agent stopped; restoring the configuration"
+            )
+            self._stores[RUNNING].xml = pending
+            self._persist(self._stores[RUNNING])
+            running = pending
+            self._forget_rollback()
         self._stores[CANDIDATE].xml = running
+
+    def _forget_rollback(self) -> None:
+        if self._rollback_file.path is not None:
+            self._rollback_file.path.unlink(missing_ok=True)
 
     # --- persistence ------------------------------------------------------------------------------
     def _load(self, store: _Store) -> str | None:
@@ -364,9 +379,13 @@ class DatastoreManager:
                 loop = asyncio.get_running_loop()
                 c.timer = loop.call_later(timeout, self._confirm_timeout_expired, c)
                 self.confirmed = c
+                if pending is None:
+                    self._rollback_file.xml = rollback
+                    self._persist(self._rollback_file)
                 log.info("confirmed commit by session %d, timeout %d s", session.session_id, timeout)
             else:
                 self.confirmed = None
+                self._forget_rollback()
 
     async def cancel_commit(self, session: SessionInfo, persist_id: str | None = None) -> None:
         c = self.confirmed
@@ -419,6 +438,7 @@ class DatastoreManager:
             raise
         self._stores[CANDIDATE].xml = running.xml
         self.candidate_dirty = False
+        self._forget_rollback()
 
     async def close(self) -> None:
         if self.confirmed is not None and self.confirmed.timer is not None:

@@ -298,3 +298,21 @@ async def test_many_concurrent_sessions(start_agent: AgentFactory, tmp_path: Pat
 
 
 _ = TYPES_NS
+
+
+async def test_unconfirmed_commit_is_undone_when_the_agent_restarts(
+    start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    cfg = node_config(tmp_path, "n1")
+    h = await start_agent(cfg)
+    async with h.client() as c:
+        await c.edit_config(
+            f'<qkd_node xmlns="{NODE_NS}"><qkdn_version>tentative</qkdn_version></qkd_node>',
+            target="candidate",
+        )
+        await c.commit(confirmed=True, confirm_timeout_s=600, persist="tx-1")
+        assert find(await c.get_config(), "n:qkd_node/n:qkdn_version/text()") == ["tentative"]
+    await h.agent.stop()
+    h2 = await start_agent(cfg)
+    async with h2.client() as c:
+        assert not find(await c.get_config(), "n:qkd_node/n:qkdn_version")
