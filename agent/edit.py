@@ -59,7 +59,10 @@ Semantics, and the choices made where the RFCs leave room:
   ``<leaf/>``; their text is ignored. A leaf whose value may hold a prefix (identityref,
   instance-identifier, or a union with one of them) is written as a new element carrying the
   namespace declarations in scope on the edit element, so that the prefix keeps its meaning
-  wherever it was declared in the request.
+  wherever it was declared in the request; when an ordered-by user leaf-list entry of that kind is
+  moved, its prefixes are rewritten to declarations in scope at its new place (lxml drops the
+  element's own ones on a move). Inside anydata/anyxml, only prefixes the copied content uses in
+  element or attribute names are kept.
 * **error-option**: ``stop-on-error`` and ``rollback-on-error`` stop at the first error;
   ``continue-on-error`` skips the subtree that failed, records the error and goes on. The caller
   owns atomicity: it passes a copy of the datastore and throws it away when it must.
@@ -104,6 +107,7 @@ _INTEGERS = frozenset({"int8", "int16", "int32", "int64", "uint8", "uint16", "ui
 _RAW_TYPES = frozenset({"string", "binary", "union"})
 _NO_KEYS: frozenset[str] = frozenset()
 
+_PREFIX = re.compile(r"(?<![\w.:-])([A-Za-z_][\w.-]*):")
 _QNAME = re.compile(r"\s*([A-Za-z_][\w.-]*):([A-Za-z_][\w.-]*)\s*")
 _PREDICATE = re.compile(
     r"""\s*\[\s*(?:[A-Za-z_][\w.-]*:)?([A-Za-z_][\w.-]*)\s*=\s*(?:'([^']*)'|"([^"]*)")\s*\]"""
@@ -442,28 +446,23 @@ class _Editor:
         self, info: SchemaNodeInfo, e: etree._Element, op: str, base: str
     ) -> tuple[tuple[Hashable, ...], list[etree._Element], str]:
         """(normalised key, key elements in key order, data path) of a list entry of the edit."""
-        kinfos = self.ix.keys(info)
-        found: dict[str, etree._Element] = {}
-        wanted = {k.clark for k in kinfos}
-        for c in e.iterchildren("*"):
-            if c.tag in wanted:
-                if c.tag in found:
-                    raise _error(
-                        "bad-element",
-                        f"key {_split(c.tag)[1]!r} given twice in an entry of list {info.name!r}",
-                        base,
-                        info={"bad-element": _split(c.tag)[1]},
-                    )
-                found[c.tag] = c
         values: list[Hashable] = []
         elements: list[etree._Element] = []
         path = base
-        for k in kinfos:
-            kel = found.get(k.clark)
+        for k in self.ix.keys(info):
+            found = e.iterchildren(k.clark)
+            kel = next(found, None)
             if kel is None:
                 raise _error(
                     "missing-element",
                     f"entry of list {info.name!r} without its key {k.name!r} (RFC 7950 section 8.3.1)",
+                    path,
+                    info={"bad-element": k.name},
+                )
+            if next(found, None) is not None:
+                raise _error(
+                    "bad-element",
+                    f"key {k.name!r} given twice in an entry of list {info.name!r}",
                     path,
                     info={"bad-element": k.name},
                 )
@@ -539,13 +538,29 @@ class _Editor:
         orders siblings by the schema when it prints, so appending is enough.
         """
         if src is not None and info.identity_like:
-            el = etree.SubElement(tparent, info.clark, nsmap=_nsmap(src))
-        elif parent_ns == info.namespace:
+            return self.value_element(tparent, info, src)
+        if parent_ns == info.namespace:
             el = etree.SubElement(tparent, info.clark)
         else:
             el = etree.SubElement(tparent, info.clark, nsmap=_default_ns(info.namespace))
         if src is not None and not info.empty_type:
             el.text = src.text
+        return el
+
+    def value_element(
+        self, tparent: etree._Element, info: SchemaNodeInfo, src: etree._Element
+    ) -> etree._Element:
+        """A new last child of ``tparent`` for a value whose prefixes must keep their meaning.
+
+        The element declares every namespace in scope on ``src``, the edit element, so that a
+        prefix declared far above it in the request (on ``<rpc>``, say) still resolves. lxml keeps
+        these declarations when it creates an element in place, but drops those whose namespace an
+        ancestor already declares (under any prefix, the default one included) when it *moves* an
+        element; so such elements are never moved, except ordered-by user leaf-list entries, whose
+        prefixes :meth:`place` rewrites after the move.
+        """
+        el = etree.SubElement(tparent, info.clark, nsmap=_nsmap(src))
+        el.text = src.text
         return el
 
     def place(
@@ -559,6 +574,42 @@ class _Editor:
         replace_parent: bool,
     ) -> bool:
         """Put an ordered-by user entry where ``insert`` says; True when an existing entry moved."""
+        if (insert is not None or (replace_parent and not new)) and el.text and ":" in el.text:
+            before = el.nsmap
+            moved = self._place(tparent, el, insert, anchor, new=new, replace_parent=replace_parent)
+            self.keep_prefixes(el, before)
+            return moved
+        return self._place(tparent, el, insert, anchor, new=new, replace_parent=replace_parent)
+
+    def keep_prefixes(self, el: etree._Element, before: Mapping[str | None, str]) -> None:
+        """Rewrite the prefixes in the value of a moved element to declarations still in scope."""
+        text = el.text or ""
+        after = el.nsmap
+        if all(after.get(m.group(1)) == before.get(m.group(1)) for m in _PREFIX.finditer(text)):
+            return
+        by_uri = {uri: prefix for prefix, uri in after.items() if prefix is not None}
+        default = after.get(None)
+
+        def swap(m: re.Match[str]) -> str:
+            uri = before.get(m.group(1))
+            if uri is None or after.get(m.group(1)) == uri:
+                return m.group(0)
+            if uri in by_uri:
+                return f"{by_uri[uri]}:"
+            return "" if uri == default else m.group(0)  # unprefixed: the default namespace
+
+        el.text = _PREFIX.sub(swap, text)
+
+    def _place(
+        self,
+        tparent: etree._Element,
+        el: etree._Element,
+        insert: str | None,
+        anchor: etree._Element | None,
+        *,
+        new: bool,
+        replace_parent: bool,
+    ) -> bool:
         if insert is None:
             if new or not replace_parent:
                 return False
@@ -649,23 +700,24 @@ class _Editor:
         ``tparent`` None: only check the edit (inside a delete or remove). ``replace_parent``: the
         parent is being replaced, so its children that the edit does not mention are deleted
         afterwards. ``copies``: ``tparent`` was just created as a deep copy of ``edit_parent``
-        (one C call instead of one per element), so nothing below it existed before and no change is
-        recorded below it (``changes`` None); ``copies`` maps each child of ``edit_parent`` to its
-        copy. A copy is kept (``adopted``) when its edit element checks out, and everything else
-        in ``tparent`` (failed or removed subtrees, comments) is dropped at the end.
+        (one C call instead of one element at a time), so nothing below it existed before;
+        ``copies`` maps each child of ``edit_parent`` to its copy. A copy is kept (``adopted``)
+        when its edit element checks out, and everything else in ``tparent`` (failed or removed
+        subtrees, comments) is dropped at the end. ``changes`` None: record nothing (below a node
+        this edit created, except below a new non-presence container).
         """
         level = _Level(
-            parent=parent,
-            tparent=tparent,
-            op=op,
-            path=parent_path,
-            changes=changes,
-            keep=set() if replace_parent and tparent is not None else None,
-            replace_parent=replace_parent,
-            copies=copies,
-            adopted=set() if adopted is None else adopted,
-            namespace=parent.namespace if parent is not None else _level_namespace(tparent),
-            tags=self.ix.tag_map(parent),
+            parent,
+            tparent,
+            op,
+            parent_path,
+            changes,
+            set() if replace_parent and tparent is not None else None,
+            replace_parent,
+            copies,
+            set() if adopted is None else adopted,
+            parent.namespace if parent is not None else _level_namespace(tparent),
+            self.ix.tag_map(parent),
         )
         keys = self.ix.key_tags(parent) if parent is not None else _NO_KEYS
         for e in edit_parent:
@@ -707,6 +759,7 @@ class _Editor:
         return self.entries(tparent, info).get(key)
 
     def node(self, lv: _Level, e: etree._Element, tag: str) -> None:
+        """Apply one edit element ``e`` (named ``tag``) under the parent described by ``lv``."""
         parent = lv.parent
         info = lv.tags.get(tag)
         if info is None:
@@ -779,6 +832,8 @@ class _Editor:
             return
         if lv.copies is not None and kind == "leaf" and op not in _REMOVING:  # a leaf of a new node
             lv.adopted.add(self.adopt_copy(tparent, info, e, lv.copies[e]))
+            if lv.changes is not None:  # in a new non-presence container
+                lv.changes.append(Change("create", path))
             return
 
         # Find the node in the target.
@@ -859,9 +914,8 @@ class _Editor:
             if info.empty_type or self.norm(info, match) == self.norm(info, e):
                 return
             if info.identity_like:
-                new = etree.Element(info.clark, nsmap=_nsmap(e))
-                new.text = e.text
-                tparent.replace(match, new)
+                new = self.value_element(tparent, info, e)
+                tparent.remove(match)
                 if keep is not None:
                     keep.discard(match)
                     keep.add(new)
@@ -911,22 +965,14 @@ class _Editor:
         anchor: etree._Element | None,
         path: str,
     ) -> None:
-        """Create the missing node ``e`` stands for (merge, replace or create)."""
+        """Create the missing node ``e`` stands for (merge, replace or create).
+
+        A container or list entry is made as a deep copy of its edit subtree, which its children
+        then check and trim (see :meth:`children`); below it nothing is reported, except below a
+        non-presence container, which has no existence of its own (RFC 7950 section 7.5.1): what
+        is created inside one is reported as if it had been there, empty.
+        """
         kind = info.kind
-        if kind == "container" and not info.presence and lv.changes is not None:
-            # A non-presence container has no existence of its own (RFC 7950 section 7.5.1): report
-            # what is created inside it, as if it had been there, empty.
-            el = shell if shell is not None else self.new_element(tparent, lv.namespace, info, None)
-            if lv.keep is not None:
-                lv.keep.add(el)
-            self.children(info, e, el, op, path, lv.changes)
-            if not _has_data(el):
-                self.detach(tparent, el, info)
-                if lv.keep is not None:
-                    lv.keep.discard(el)
-            elif info.cases:
-                self.exclude_cases(lv.parent, tparent, info, el, lv.path, lv.changes)
-            return
         copies: dict[etree._Element, etree._Element] | None = None
         adopted: set[etree._Element] = set()
         if lv.copies is not None:
@@ -936,39 +982,59 @@ class _Editor:
             el = shell
         elif kind == "leaf" or kind == "leaf-list":
             el = self.new_element(tparent, lv.namespace, info, e)
-        else:  # copy the whole subtree at once; what does not check out is dropped below
+        elif kind == "anydata" or kind == "anyxml":
+            el = self.copy_any(e)
+            tparent.append(el)
+        else:
             el = deepcopy(e)
             el.tail = el.text = None
             el.attrib.clear()
             tparent.append(el)
-        if (kind == "container" or kind == "list") and el is not shell:
-            copies = dict(zip(e, el, strict=True))
         if lv.keep is not None:
             lv.keep.add(el)
+        if (kind == "container" or kind == "list") and el is not shell:
+            copies = dict(zip(e, el, strict=True))
         if kind == "list" and copies is not None:  # keys first, in key order
-            for i, (k, kel) in enumerate(zip(self.ix.keys(info), key_elements, strict=True)):
-                kc = self.adopt_copy(el, k, kel, copies[kel])
-                adopted.add(kc)
-                if el[i] is not kc:
-                    el.insert(i, kc)
+            kinfos = self.ix.keys(info)
+            kcopies = [copies[kel] for kel in key_elements]
+            pairs = enumerate(zip(kinfos, kcopies, strict=True))
+            if all(el[i] is kc and not k.identity_like for i, (k, kc) in pairs):
+                for k, kel, kc in zip(kinfos, key_elements, kcopies, strict=True):
+                    adopted.add(self.adopt_copy(el, k, kel, kc))
+            else:
+                # Move the others behind the keys rather than the keys to the front: moving an element
+                # makes lxml drop the namespace declarations its value needs (see value_element).
+                others = [c for c in el if all(c is not kc for kc in kcopies)]
+                for k, kel, kc in zip(kinfos, key_elements, kcopies, strict=True):
+                    kept = self.adopt_copy(el, k, kel, kc)
+                    if kept is kc:
+                        el.append(kc)
+                    adopted.add(kept)
+                for c in others:
+                    el.append(c)
         if kind == "list" or kind == "leaf-list":
             entries = self._entries.get((tparent, info.clark))
             if entries is not None:
                 entries[key] = el
             if info.ordered_by_user:
+                if insert == "last" and lv.copies is not None:
+                    insert = None  # in a new subtree, entries not yet applied follow this one
                 self.place(tparent, el, insert, anchor, new=True, replace_parent=False)
+        np_container = kind == "container" and not info.presence
         if kind == "container" or kind == "list":
-            self.children(info, e, el, op, path, None, copies=copies, adopted=adopted)
-            if kind == "container" and not info.presence and not _has_data(el):
+            inner = lv.changes if np_container else None
+            self.children(info, e, el, op, path, inner, copies=copies, adopted=adopted)
+            if np_container and not _has_data(el):
                 self.detach(tparent, el, info)
                 if lv.keep is not None:
                     lv.keep.discard(el)
                 return
         if lv.changes is None:  # inside a node this edit created
             return
-        if info.cases:
+        if info.cases and lv.copies is None:  # nothing else exists in a new subtree
             self.exclude_cases(lv.parent, tparent, info, el, lv.path, lv.changes)
-        lv.changes.append(Change("create", path))
+        if not np_container:
+            lv.changes.append(Change("create", path))
 
     def adopt_copy(
         self, tparent: etree._Element, info: SchemaNodeInfo, e: etree._Element, el: etree._Element
@@ -981,9 +1047,8 @@ class _Editor:
         kind = info.kind
         if kind == "leaf" or kind == "leaf-list":
             if info.identity_like:  # the copy lost the declarations of the prefixes in its value
-                new = etree.Element(info.clark, nsmap=_nsmap(e))
-                new.text = e.text
-                tparent.replace(el, new)
+                new = self.value_element(tparent, info, e)
+                tparent.remove(el)
                 return new
             if info.empty_type:
                 el.text = None
@@ -1001,20 +1066,49 @@ class _Editor:
         return new
 
 
-@dataclass(slots=True)
 class _Level:
-    """The state of one parent while its edit children are applied."""
+    """The state of one parent while its edit children are applied (a plain class: made per level)."""
 
-    parent: SchemaNodeInfo | None
-    tparent: etree._Element | None
-    op: str
-    path: str
-    changes: list[Change] | None
-    keep: set[etree._Element] | None
-    replace_parent: bool
-    copies: dict[etree._Element, etree._Element] | None
-    adopted: set[etree._Element]
-    namespace: str
-    tags: Mapping[str, SchemaNodeInfo]
-    seen: set[str] = field(default_factory=set)
-    chosen: dict[str, str] = field(default_factory=dict)
+    __slots__ = (
+        "adopted",
+        "changes",
+        "chosen",
+        "copies",
+        "keep",
+        "namespace",
+        "op",
+        "parent",
+        "path",
+        "replace_parent",
+        "seen",
+        "tags",
+        "tparent",
+    )
+
+    def __init__(
+        self,
+        parent: SchemaNodeInfo | None,
+        tparent: etree._Element | None,
+        op: str,
+        path: str,
+        changes: list[Change] | None,
+        keep: set[etree._Element] | None,
+        replace_parent: bool,
+        copies: dict[etree._Element, etree._Element] | None,
+        adopted: set[etree._Element],
+        namespace: str,
+        tags: Mapping[str, SchemaNodeInfo],
+    ) -> None:
+        self.parent = parent
+        self.tparent = tparent
+        self.op = op
+        self.path = path
+        self.changes = changes
+        self.keep = keep
+        self.replace_parent = replace_parent
+        self.copies = copies
+        self.adopted = adopted
+        self.namespace = namespace
+        self.tags = tags
+        self.seen: set[str] = set()
+        self.chosen: dict[str, str] = {}

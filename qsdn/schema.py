@@ -116,14 +116,14 @@ class SchemaIndex:
     """Cached schema lookups for XML data in NETCONF encoding, built once from a :class:`SchemaContext`."""
 
     def __init__(self, sc: SchemaContext) -> None:
-        self.sc = sc
         self._top: dict[tuple[str, str], SchemaNodeInfo] = {}
         self._children: dict[str, dict[tuple[str, str], SchemaNodeInfo]] = {}
         self._by_tag: dict[str, dict[str, SchemaNodeInfo]] = {"": {}}
         self._keys: dict[str, tuple[SchemaNodeInfo, ...]] = {}
         self._key_tags: dict[str, frozenset[str]] = {}
         self._data_path: dict[str, str] = {}
-        self._known_ns: frozenset[str] = frozenset(m.namespace for m in sc.modules())
+        # every loaded module, implemented or only imported: namespace -> module name
+        self._modules: dict[str, str] = {m.namespace: m.name for m in sc.modules()}
         ctx = sc.ctx
         for module in ctx:
             if not module.implemented():
@@ -192,7 +192,7 @@ class SchemaIndex:
         """The top-level data node ``{namespace}name``; QsdnError unknown-namespace / unknown-element."""
         info = self._top.get((namespace, name))
         if info is None:
-            module = self.sc.namespace_module(namespace)
+            module = self._modules.get(namespace)
             where = f"/{module}:{name}" if module else "/"
             raise self._unknown(namespace, name, where, "top level")
         return info
@@ -208,7 +208,7 @@ class SchemaIndex:
         info = self._children.get(parent.schema_path, {}).get((namespace, name))
         if info is None:
             base = parent_path if parent_path is not None else self.data_path(parent)
-            module = self.sc.namespace_module(namespace)
+            module = self._modules.get(namespace)
             if module is None:
                 where = base
             elif module == parent.module:
@@ -249,10 +249,10 @@ class SchemaIndex:
 
     def module_of(self, namespace: str) -> str | None:
         """The name of the loaded module with this namespace."""
-        return self.sc.namespace_module(namespace)
+        return self._modules.get(namespace)
 
     def _unknown(self, namespace: str, name: str, where: str, parent: str) -> QsdnError:
-        if namespace not in self._known_ns:
+        if namespace not in self._modules:
             return QsdnError(
                 f"unknown namespace {namespace!r} of element {name!r} under {parent}",
                 tag="unknown-namespace",

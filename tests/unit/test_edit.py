@@ -726,11 +726,11 @@ def test_empty_leaf(sc: SchemaContext, index: SchemaIndex) -> None:
 
 
 def test_leaf_text_is_kept_as_given(index: SchemaIndex) -> None:
-    target, result = edit(index, "", config_inner := top("\n  <name>  spaced out  </name>\n"))
-    assert result.errors == []
-    name = target.find(f".//{{{ET}}}name")
-    assert name is not None and name.text == "  spaced out  "
-    assert config_inner
+    for existing in ("", top("<count>1</count>"), top("<name>old</name>")):
+        target, result = edit(index, existing, top("<name>  spaced out  </name>"))
+        assert result.errors == []
+        name = target.find(f".//{{{ET}}}name")
+        assert name is not None and name.text == "  spaced out  "
 
 
 def test_whitespace_in_containers_is_ignored(sc: SchemaContext, index: SchemaIndex) -> None:
@@ -754,9 +754,15 @@ def test_misplaced_content(index: SchemaIndex, xml: str, path: str, bad: str) ->
 
 
 def test_comments_are_ignored(sc: SchemaContext, index: SchemaIndex) -> None:
-    target, result = edit(index, "", top("<!-- a comment --><name>n</name><?pi x?>"))
-    assert result.errors == []
-    assert_data(sc, target, top("<name>n</name>"))
+    for existing in ("", top("<count>1</count>")):
+        target, result = edit(index, existing, top("<!-- a comment --><sub><a>n</a><!-- x --></sub><?pi x?>"))
+        assert result.errors == []
+        assert target.xpath("//comment() | //processing-instruction()") == []
+        assert_data(
+            sc,
+            target,
+            existing[:-6] + "<sub><a>n</a></sub></top>" if existing else top("<sub><a>n</a></sub>"),
+        )
 
 
 # --- identities keep their meaning --------------------------------------------------------------------
@@ -794,6 +800,59 @@ def test_identity_prefix_declared_on_rpc(sc: SchemaContext, index: SchemaIndex) 
         target,
         expected.replace("<kind>x:PHYS</kind><kinds>", "<kind>x:VIRT</kind><kinds>").replace(
             "</kind></by-kind>", "</kind><v>1</v></by-kind>"
+        ),
+    )
+
+
+LOCAL = f'<top xmlns="{ET}" xmlns:q="{ET}">{{}}</top>'
+
+
+@pytest.mark.parametrize(
+    ("existing", "edit_xml", "expected"),
+    [
+        # a prefix bound to the namespace the target already declares (here as the default one)
+        ("", "<kind>et:local-kind</kind>", "<kind>q:local-kind</kind>"),
+        ("<name>n</name>", "<kind>et:local-kind</kind>", "<name>n</name><kind>q:local-kind</kind>"),
+        ("<kind>t:PHYS</kind>", "<kind>et:local-kind</kind>", "<kind>q:local-kind</kind>"),
+        (
+            "<name>n</name>",
+            "<by-kind><v>1</v><kind>et:local-kind</kind></by-kind>",
+            "<name>n</name><by-kind><kind>q:local-kind</kind><v>1</v></by-kind>",
+        ),
+        (
+            "",
+            "<by-kind><v>1</v><kind>et:local-kind</kind></by-kind>",
+            "<by-kind><kind>q:local-kind</kind><v>1</v></by-kind>",
+        ),
+        (
+            "<okinds>t:PHYS</okinds>",
+            '<okinds yang:insert="first">et:local-kind</okinds>',
+            "<okinds>q:local-kind</okinds><okinds>t:PHYS</okinds>",
+        ),
+        ("", "<target-ref>/et:top/et:name</target-ref>", "<target-ref>/q:top/q:name</target-ref>"),
+    ],
+)
+def test_prefix_bound_to_a_namespace_in_scope(
+    sc: SchemaContext, index: SchemaIndex, existing: str, edit_xml: str, expected: str
+) -> None:
+    """lxml drops a declaration an ancestor repeats when it moves an element; values must survive."""
+    target, result = edit(index, top(existing).replace("<top ", f'<top xmlns:t="{TYPES}" '), top(edit_xml))
+    assert result.errors == []
+    assert_data(sc, target, LOCAL.format(expected).replace("<top ", f'<top xmlns:t="{TYPES}" '))
+
+
+def test_moving_an_identity_leaf_list_entry_keeps_its_value(sc: SchemaContext, index: SchemaIndex) -> None:
+    existing = top("<okinds>t:PHYS</okinds>", attrs=f' xmlns:t="{TYPES}"')
+    target, result = edit(index, existing, top("<okinds>et:local-kind</okinds>"))
+    stored = body(target).decode()
+    target, result = edit(index, stored, top('<okinds yang:insert="first">et:local-kind</okinds>'))
+    assert result.errors == []
+    assert result.changes == [Change("merge", "/edit-test:top/okinds[.='edit-test:local-kind']")]
+    assert_data(
+        sc,
+        target,
+        LOCAL.format("<okinds>q:local-kind</okinds><okinds>x:PHYS</okinds>").replace(
+            "<top ", f'<top xmlns:x="{TYPES}" '
         ),
     )
 
