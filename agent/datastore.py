@@ -277,6 +277,9 @@ class DatastoreManager:
                 await listener(old, new_xml, changes, session)
         store.xml = new_xml
         self._persist(store)
+        if store.name == RUNNING and not self.candidate_dirty:
+            # An unmodified candidate is a copy of running (RFC 6241 8.3): it follows running.
+            self._stores[CANDIDATE].xml = new_xml
         if store.name == CANDIDATE:
             self.candidate_dirty = new_xml != self._stores[RUNNING].xml
 

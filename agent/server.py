@@ -189,6 +189,15 @@ class NetconfSession:
             return
         reply = await self.agent.handler.handle(self, rpc)
         self.send(reply)
+        await self._drain()
+
+    async def _drain(self) -> None:
+        """Wait until the client reads what we sent (SSH window), so a silent client cannot grow our buffer."""
+        try:
+            await asyncio.wait_for(self.process.stdout.drain(), self.agent.config.netconf.idle_timeout_s)
+        except TimeoutError:
+            log.warning("session %d: the client stopped reading; closing", self.id)
+            self.closing = True
 
     def _bad_rpc(self) -> None:
         self.stats.in_bad_rpcs += 1

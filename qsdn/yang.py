@@ -127,6 +127,23 @@ def classify(message: str, vecode: int) -> tuple[str, str | None]:
     return "invalid-value", None
 
 
+_QUOTED = re.compile(r'"([^"]+)"')
+
+
+def _error_info(tag: str, message: str, path: str | None) -> dict[str, str]:
+    """RFC 6241 appendix A error-info: the element at fault for the element-related tags."""
+    if tag not in ("unknown-element", "missing-element", "bad-element"):
+        return {}
+    name: str | None = None
+    if "not found as a child" in message or "missing its key" in message:
+        found = _QUOTED.search(message)
+        name = found.group(1) if found else None
+    elif path:
+        last = path.rstrip("/").rsplit("/", 1)[-1]
+        name = last.split("[", 1)[0].split(":")[-1]
+    return {"bad-element": name} if name else {}
+
+
 def _ns(m: libyang.Module) -> str:
     return str(c2str(m.cdata.ns))
 
@@ -168,6 +185,7 @@ class _Context(libyang.Context):
                     type=ErrorType.RPC if tag == "malformed-message" else ErrorType.APPLICATION,
                     path=path or None,
                     app_tag=app_tag,
+                    info=_error_info(tag, text, path),
                 )
             )
             err = err.next
