@@ -192,7 +192,7 @@ class NetconfSession:
         await self._drain()
 
     async def _drain(self) -> None:
-        """Wait until the client reads what we sent (SSH window), so a silent client cannot grow our buffer."""
+        """Wait until the client reads what we sent (SSH window): a silent client cannot grow our buffer."""
         try:
             await asyncio.wait_for(self.process.stdout.drain(), self.agent.config.netconf.idle_timeout_s)
         except TimeoutError:

@@ -69,6 +69,7 @@ def test_module_files_are_the_expected_ones() -> None:
         "etsi-qkd-sdn-node@2022-01-30.yang",
         EMULATION_MODULE,
         NOTIFICATIONS_MODULE,
+        "qsdn-orchestrator@2026-11-28.yang",
     ])
 
 
