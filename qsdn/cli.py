@@ -68,6 +68,35 @@ def _hash_password(args: argparse.Namespace) -> int:
     return 0
 
 
+def _controller_run(args: argparse.Namespace) -> int:
+    from controller.config import load_controller_config
+    from controller.main import run_controller
+
+    cfg = load_controller_config(Path(args.config))
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_controller(cfg, stop)
+
+    asyncio.run(main())
+    return 0
+
+
+def _controller_check(args: argparse.Namespace) -> int:
+    from controller.config import load_controller_config, load_topology
+
+    cfg = load_controller_config(Path(args.config))
+    extra = ""
+    if cfg.topology is not None:
+        nodes, spans = load_topology(cfg.topology)
+        extra = f", topology {cfg.topology.name}: {len(nodes)} node(s), {len(spans)} span(s)"
+    print(f"{args.config}: ok: RESTCONF on {cfg.restconf_host}:{cfg.restconf_port}{extra}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from qsdn.demo import main as demo_main
 
@@ -91,6 +120,14 @@ def build_parser() -> argparse.ArgumentParser:
     hp = agent.add_parser("hash-password", help="print a password_hash for node.yaml")
     hp.add_argument("--password", help="the password (prompted when absent)")
     hp.set_defaults(func=_hash_password)
+    ctl = sub.add_parser("controller", help="the SDN controller").add_subparsers(dest="action", required=True)
+    crun = ctl.add_parser("run", help="run the controller")
+    crun.add_argument("--config", required=True, help="controller.yaml")
+    crun.set_defaults(func=_controller_run)
+    ccheck = ctl.add_parser("check-config", help="validate a controller.yaml (and its topology) and exit")
+    ccheck.add_argument("config", help="controller.yaml")
+    ccheck.set_defaults(func=_controller_check)
+
     demo = sub.add_parser("demo", help="two agents, one fibre: keys at both ends, then a fibre cut")
     demo.add_argument("--seconds", type=float, default=5.0, help="how long to produce key (default 5)")
     demo.add_argument("--dir", help="keep the agents' files in this directory")

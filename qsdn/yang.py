@@ -221,7 +221,12 @@ class SchemaContext:
         self,
         modules: Sequence[tuple[str, Sequence[str]]] = AGENT_MODULES,
         search_dirs: Sequence[Path] | None = None,
+        *,
+        only_present: bool = False,
     ) -> None:
+        """``only_present``: validate only the modules that have data in a tree (a context that carries
+        modules for reference, like the controller's copy of the node model, sets it)."""
+        self.only_present = only_present
         _configure_libyang_logging()
         dirs = [YANG_DIR, *ietf_module_dirs()] if search_dirs is None else list(search_dirs)
         self.search_dirs = [d for d in dirs if d.is_dir()]
@@ -298,7 +303,7 @@ class SchemaContext:
                 fmt,
                 no_state=config_only,
                 strict=True,
-                validate_present=not config_only,
+                validate_present=self.only_present or not config_only,
                 parse_only=not validate,
             )
         except libyang.LibyangError as exc:

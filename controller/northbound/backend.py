@@ -48,7 +48,7 @@ NORTHBOUND_MODULES: tuple[tuple[str, Sequence[str]], ...] = (
 
 def northbound_schema() -> SchemaContext:
     """A schema context with :data:`NORTHBOUND_MODULES` (build it once per process)."""
-    return SchemaContext(NORTHBOUND_MODULES)
+    return SchemaContext(NORTHBOUND_MODULES, only_present=True)
 
 
 class RestconfBackend(Protocol):
