@@ -128,6 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     ccheck.add_argument("config", help="controller.yaml")
     ccheck.set_defaults(func=_controller_check)
 
+    from qsdn.operator import register
+
+    register(sub)
+
     demo = sub.add_parser("demo", help="two agents, one fibre: keys at both ends, then a fibre cut")
     demo.add_argument("--seconds", type=float, default=5.0, help="how long to produce key (default 5)")
     demo.add_argument("--dir", help="keep the agents' files in this directory")
