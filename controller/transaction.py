@@ -2,8 +2,8 @@
 
 The protocol, per RFC 6241 (sections 7.5, 8.3, 8.4):
 
-1. lock running and candidate on every node, in a fixed order (sorted node ids) so that two
-   controllers cannot deadlock;
+1. lock running and candidate on every node (all nodes at once: a NETCONF lock that is taken fails
+   with lock-denied instead of waiting, so two controllers cannot deadlock, one of them fails);
 2. discard-changes, then edit-config on the candidate of every node, then validate;
 3. ``commit`` with ``<confirmed/>``, a confirm timeout and a ``persist`` token on every node: each
    node now runs the new configuration but will undo it by itself unless confirmed, even if this
@@ -84,38 +84,41 @@ async def apply_transaction(
         except QsdnError as exc:
             raise TransactionError(node, what, exc.first.message, exc.errors) from exc
 
+    async def prepare(n: str) -> None:
+        c, st = clients[n], states[n]
+        await step(n, "lock running", c.lock("running"))
+        st.locked_running = True
+        await step(n, "lock candidate", c.lock("candidate"))
+        st.locked_candidate = True
+        st.snapshot = await _snapshot(n, c, step_timeout_s)
+        await step(n, "discard-changes", c.discard_changes())
+        st.edited = True
+        await step(
+            n, "edit-config", c.edit_config(edits[n], target="candidate", default_operation=default_operation)
+        )
+        await step(n, "validate", c.validate("candidate"))
+
+    async def commit(n: str) -> None:
+        await step(
+            n,
+            "confirmed commit",
+            clients[n].commit(confirmed=True, confirm_timeout_s=confirm_timeout_s, persist=txid),
+        )
+        states[n].committed = True
+
+    async def confirm(n: str) -> None:
+        await step(n, "confirming commit", clients[n].commit(persist_id=txid))
+        states[n].committed = False
+        states[n].confirmed = True
+
     try:
-        for n in order:
-            c = clients[n]
-            await step(n, "lock running", c.lock("running"))
-            states[n].locked_running = True
-            await step(n, "lock candidate", c.lock("candidate"))
-            states[n].locked_candidate = True
-            states[n].snapshot = await _snapshot(n, c, step_timeout_s)
-        for n in order:
-            c = clients[n]
-            await step(n, "discard-changes", c.discard_changes())
-            states[n].edited = True
-            await step(
-                n,
-                "edit-config",
-                c.edit_config(edits[n], target="candidate", default_operation=default_operation),
-            )
-        for n in order:
-            await step(n, "validate", clients[n].validate("candidate"))
-        for n in order:
-            await step(
-                n,
-                "confirmed commit",
-                clients[n].commit(confirmed=True, confirm_timeout_s=confirm_timeout_s, persist=txid),
-            )
-            states[n].committed = True
+        # Each phase runs on all nodes at once (NETCONF locks fail instead of waiting, so parallel
+        # locking cannot deadlock); a phase completes everywhere before the next one starts.
+        await _phase(order, prepare)
+        await _phase(order, commit)
         if before_confirm is not None:
             await before_confirm()
-        for n in order:
-            await step(n, "confirming commit", clients[n].commit(persist_id=txid))
-            states[n].committed = False
-            states[n].confirmed = True
+        await _phase(order, confirm)
     except BaseException as exc:
         reason = exc if isinstance(exc, TransactionError) else None
         log.warning("transaction %s failed (%s); rolling back %d node(s)", txid, reason or exc, len(order))
@@ -124,6 +127,14 @@ async def apply_transaction(
     finally:
         await _unlock(clients, states, step_timeout_s)
     log.info("transaction %s applied on %d node(s)", txid, len(order))
+
+
+async def _phase(order: list[str], run: Callable[[str], Awaitable[None]]) -> None:
+    """Run one phase on every node concurrently; raise the first failure (in node order)."""
+    results = await asyncio.gather(*(run(n) for n in order), return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
 
 
 async def _rollback(

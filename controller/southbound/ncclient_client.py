@@ -387,7 +387,13 @@ class NcclientNodeClient:
         except RuntimeError:  # the executor was shut down by a concurrent close()
             raise NodeUnreachableError(self._node, f"{what}: the client was closed") from None
         try:
-            pending.cancel(); reply = run()
+            reply = await asyncio.wait_for(pending, timeout_s + _GRACE_S)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if pending.cancelled() and task is not None and not task.cancelling():
+                # close() dropped the queued call (executor shutdown): not our caller's cancellation
+                raise NodeUnreachableError(self._node, f"{what}: the client was closed") from None
+            raise
         except (TimeoutError, TimeoutExpiredError):
             raise NodeUnreachableError(self._node, f"{what}: no reply within {timeout_s} s") from None
         except RPCError as exc:
@@ -402,7 +408,12 @@ class NcclientNodeClient:
         except QsdnError as exc:  # our parser refused the reply
             raise NodeUnreachableError(self._node, f"{what}: malformed reply: {exc}") from exc
         except _TRANSPORT_ERRORS as exc:
-            cause = _SESSION_CLOSED if not self._session_connected() else describe(exc)
+            if self._state == "closed":
+                cause = "the client was closed"
+            elif not self._session_connected():
+                cause = _SESSION_CLOSED
+            else:
+                cause = describe(exc)
             raise NodeUnreachableError(self._node, f"{what}: {cause}") from exc
         return check_reply(self._node, what, reply)
 
