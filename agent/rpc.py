@@ -450,6 +450,9 @@ class RpcHandler:
                 info={"bad-element": "stopTime"},
             )
         flt = op.find(_q("filter", NOTIFICATION_NS))
+        if flt is None:
+            # ncclient (and other clients) put the filter in the base namespace: honour it too.
+            flt = op.find(_q("filter", NC_NS))
         if flt is not None:
             ftype = flt.get("type", "subtree")
             if ftype not in ("subtree", "xpath"):

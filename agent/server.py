@@ -253,6 +253,11 @@ class _SSHServer(asyncssh.SSHServer):
 
     def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
         self._conn = conn
+        self.agent.connections.add(conn)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._conn is not None:
+            self.agent.connections.discard(self._conn)
 
     def begin_auth(self, username: str) -> bool:
         user = self.agent.users.get(username)
@@ -304,6 +309,7 @@ class NetconfAgent:
         self.writable_running = True
         self.users: dict[str, UserConfig] = {u.name: u for u in config.netconf.users}
         self.sessions: dict[int, NetconfSession] = {}
+        self.connections: set[asyncssh.SSHServerConnection] = set()
         self.stats = AgentStats()
         self._ids = itertools.count(1)
         self._server: asyncssh.SSHAcceptor | None = None
@@ -464,6 +470,12 @@ class NetconfAgent:
             for t in pending:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await t
+        for conn in list(self.connections):
+            conn.close()
+        for conn in list(self.connections):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(conn.wait_closed(), 5)
+        self.connections.clear()
         await self.node.close()
         await self.datastores.close()
         await self.driver.stop()
