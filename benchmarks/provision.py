@@ -16,7 +16,6 @@ import json
 import os
 import platform
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -33,15 +32,10 @@ from rich.table import Table
 from controller.main import client_factory
 from controller.service import Controller, ControllerSettings
 from controller.store import NodeRecord, SessionRecord, SpanRecord, Store
+from qsdn.ports import free_port
 
-PASSWORD = "bench-pw"  # noqa: S105 - loopback-only benchmark credential
+PASSWORD = "bench-pw"
 HOPS = 5
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def machine() -> str:
@@ -53,7 +47,13 @@ def machine() -> str:
                 break
     except OSError:
         pass
-    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {platform.system()} {platform.release()}"
+    system = f"{platform.system()} {platform.release()}"
+    return f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, {system}"
+
+
+def _iface(qkdi_id: int, listen: int, peer: int) -> dict[str, Any]:
+    fibre = {"length_km": 20.0, "band": "C"}
+    return {"qkdi_id": qkdi_id, "listen": {"port": listen}, "peer": {"port": peer}, "fibre": fibre}
 
 
 def build_chain(work: Path) -> tuple[list[NodeRecord], list[SpanRecord], list[Path]]:
@@ -65,20 +65,18 @@ def build_chain(work: Path) -> tuple[list[NodeRecord], list[SpanRecord], list[Pa
     for i, n in enumerate(names):
         ifaces = []
         if i > 0:
-            ifaces.append(
-                {"qkdi_id": 1, "listen": {"port": q_ports[(n, "l")]}, "peer": {"port": q_ports[(names[i - 1], "r")]},
-                 "fibre": {"length_km": 20.0, "band": "C"}}
-            )  # fmt: skip
+            ifaces.append(_iface(1, q_ports[(n, "l")], q_ports[(names[i - 1], "r")]))
         if i < HOPS:
-            ifaces.append(
-                {"qkdi_id": 2, "listen": {"port": q_ports[(n, "r")]}, "peer": {"port": q_ports[(names[i + 1], "l")]},
-                 "fibre": {"length_km": 20.0, "band": "C"}}
-            )  # fmt: skip
+            ifaces.append(_iface(2, q_ports[(n, "r")], q_ports[(names[i + 1], "l")]))
         cfg = {
             "node_id": ids[n],
             "name": n,
             "data_dir": str(work / n),
-            "netconf": {"host": "127.0.0.1", "port": nc_ports[n], "users": [{"name": "admin", "password": PASSWORD}]},
+            "netconf": {
+                "host": "127.0.0.1",
+                "port": nc_ports[n],
+                "users": [{"name": "admin", "password": PASSWORD}],
+            },
             "device": {"tick_s": 0.05},
             "interfaces": ifaces,
         }
@@ -87,7 +85,8 @@ def build_chain(work: Path) -> tuple[list[NodeRecord], list[SpanRecord], list[Pa
         configs.append(path)
     nodes = [NodeRecord(ids[n], n, "127.0.0.1", nc_ports[n], "admin", PASSWORD) for n in names]
     spans = [
-        SpanRecord(f"s{i}", ids[names[i]], ids[names[i + 1]], 20.0, a_qkdi_id=2, b_qkdi_id=1) for i in range(HOPS)
+        SpanRecord(f"s{i}", ids[names[i]], ids[names[i + 1]], 20.0, a_qkdi_id=2, b_qkdi_id=1)
+        for i in range(HOPS)
     ]
     return nodes, spans, configs
 
@@ -114,7 +113,9 @@ def stats(samples: list[float]) -> dict[str, float]:
     }
 
 
-async def run_client(kind: str, nodes: list[NodeRecord], spans: list[SpanRecord], work: Path, iterations: int) -> dict[str, Any]:
+async def run_client(
+    kind: str, nodes: list[NodeRecord], spans: list[SpanRecord], work: Path, iterations: int
+) -> dict[str, Any]:
     store = Store(work / f"ctl-{kind}.sqlite")
     for n in nodes:
         store.put_node(n)
@@ -123,8 +124,11 @@ async def run_client(kind: str, nodes: list[NodeRecord], spans: list[SpanRecord]
     ctl = Controller(store, client_factory(kind), ControllerSettings(confirm_timeout_s=30, step_timeout_s=10))
     await ctl.start()
     try:
+
         def rec() -> SessionRecord:
-            return SessionRecord(str(uuid.uuid4()), nodes[0].node_id, nodes[-1].node_id, "sae-src", "sae-dst", 100)
+            return SessionRecord(
+                str(uuid.uuid4()), nodes[0].node_id, nodes[-1].node_id, "sae-src", "sae-dst", 100
+            )
 
         t0 = time.perf_counter()
         first = await ctl.create_session(rec())
@@ -139,7 +143,12 @@ async def run_client(kind: str, nodes: list[NodeRecord], spans: list[SpanRecord]
             t0 = time.perf_counter()
             await ctl.delete_session(s.session_id)
             deletes.append(time.perf_counter() - t0)
-        return {"client": kind, "first_create_ms": first_s * 1e3, "create": stats(creates), "delete": stats(deletes)}
+        return {
+            "client": kind,
+            "first_create_ms": first_s * 1e3,
+            "create": stats(creates),
+            "delete": stats(deletes),
+        }
     finally:
         await ctl.stop()
         store.close()
@@ -151,7 +160,17 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
         nodes, spans, configs = build_chain(work)
         procs = [
             subprocess.Popen(  # noqa: ASYNC220 - started once, before any measurement
-                [sys.executable, "-m", "qsdn.cli", "--log-level", "warning", "agent", "run", "--config", str(c)],
+                [
+                    sys.executable,
+                    "-m",
+                    "qsdn.cli",
+                    "--log-level",
+                    "warning",
+                    "agent",
+                    "run",
+                    "--config",
+                    str(c),
+                ],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )
@@ -173,7 +192,9 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--iterations", type=int, default=30)
-    ap.add_argument("--clients", nargs="+", default=["asyncssh", "ncclient"], choices=["asyncssh", "ncclient"])
+    ap.add_argument(
+        "--clients", nargs="+", default=["asyncssh", "ncclient"], choices=["asyncssh", "ncclient"]
+    )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     results = asyncio.run(main_async(args))
@@ -183,7 +204,14 @@ def main() -> int:
     console = Console()
     console.print(f"machine: {machine()}")
     t = Table(title=f"{HOPS}-hop session over 6 agent processes ({args.iterations} iterations)")
-    for c in ("client", "first create ms", "create median ms", "create p95 ms", "delete median ms", "delete p95 ms"):
+    for c in (
+        "client",
+        "first create ms",
+        "create median ms",
+        "create p95 ms",
+        "delete median ms",
+        "delete p95 ms",
+    ):
         t.add_column(c)
     for r in results:
         t.add_row(

@@ -77,6 +77,8 @@ class SessionPlan:
     virt_qkdl_id: str | None
     client_app_id: str
     generation: int = 0
+    #: PHYS links this plan creates (the others existed already).
+    new_links: frozenset[str] = frozenset()
     #: per node: the ``<qkd_node>`` subtree to merge (PHYS links, VIRT link, applications).
     edits: Mapping[str, str] = field(default_factory=dict)
     #: per node: the ``<qkd_node>`` subtree that removes what the session added (not PHYS links).
@@ -284,6 +286,7 @@ def plan_session(
     return SessionPlan(
         session_id=sid,
         generation=generation,
+        new_links=frozenset(h.qkdl_id for h in hops if h.qkdl_id not in existing),
         path=tuple(path),
         hops=tuple(hops),
         virt_qkdl_id=virt_id,

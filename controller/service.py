@@ -382,6 +382,8 @@ class Controller:
         """Set ``qkdl_status`` ACTIVE on new PHYS links once both ends produce key (SYSTEM.md 2, step 1)."""
         deadline = time.monotonic() + self.settings.activate_timeout_s
         for hop in plan.hops:
+            if hop.qkdl_id not in plan.new_links:
+                continue
             tx = self.client(hop.transmitter)
             while True:
                 data = await tx.get(

@@ -11,7 +11,6 @@ import asyncio
 import hashlib
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -28,17 +27,12 @@ from rich.table import Table
 from qsdn.netconf.client import NetconfClient
 from qsdn.physics.bb84 import DeviceParams, secret_key_rate_bps
 from qsdn.physics.loss import Band, fibre_loss_db
+from qsdn.ports import free_port
 
 NODE_NS = "urn:etsi:qkd:yang:etsi-qkd-node"
 TYPES_NS = "urn:etsi:qkd:yang:etsi-qkd-node-types"
 EMU_NS = "urn:qsdn:yang:qsdn-qkd-emulation"
 PASSWORD = "qsdn-demo"  # noqa: S105 - a throw-away lab credential on loopback
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _node_yaml(
@@ -110,7 +104,7 @@ async def _wait_port(port: int, timeout_s: float = 20.0) -> None:
 async def _run(workdir: Path, console: Console, seconds: float) -> int:
     km = 50.0
     a_id, b_id = str(uuid.uuid4()), str(uuid.uuid4())
-    a_nc, b_nc, a_q, b_q = (_free_port() for _ in range(4))
+    a_nc, b_nc, a_q, b_q = (free_port() for _ in range(4))
     cfg_a = _node_yaml(workdir, "alice", a_id, a_nc, a_q, b_q, km)
     cfg_b = _node_yaml(workdir, "bob", b_id, b_nc, b_q, a_q, km)
     exe = [sys.executable, "-m", "qsdn.cli", "--log-level", "warning", "agent", "run", "--config"]

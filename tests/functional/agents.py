@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AsyncExitStack
@@ -16,16 +15,11 @@ import pytest
 from agent.config import parse_config
 from agent.server import NetconfAgent, build_agent
 from qsdn.netconf.client import NetconfClient
+from qsdn.ports import free_port
 from qsdn.yang import SchemaContext, agent_schema
 
 USER = "admin"
 PASSWORD = "qsdn-test-pw"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
