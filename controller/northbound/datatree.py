@@ -24,7 +24,8 @@ from _libyang import ffi, lib  # type: ignore[import-not-found, unused-ignore]
 from libyang.util import c2str
 
 from controller.northbound.paths import DataPath, Step
-from qsdn.errors import ErrorInfo, QsdnError, ValidationError
+from controller.northbound.render import RestconfError
+from qsdn.errors import ErrorInfo, ErrorType, QsdnError, ValidationError
 from qsdn.yang import SchemaContext, to_qsdn_error
 
 Format = Literal["json", "xml"]
@@ -240,6 +241,24 @@ def parse(
             tree.free()
             raise
     return tree
+
+
+def parse_datastore(schema: SchemaContext, text: str, *, config_only: bool) -> Tree:
+    """Parse data the backend gave (its configuration or state). Data that does not validate is the
+    server's fault, not the client's: 500 operation-failed, with libyang's findings."""
+    try:
+        return parse(schema, text, "xml", config_only=config_only)
+    except ValidationError as exc:
+        raise invalid_backend_data(exc) from None
+
+
+def invalid_backend_data(exc: QsdnError) -> RestconfError:
+    return RestconfError(
+        f"the controller's data does not validate: {exc}",
+        status=500,
+        tag="operation-failed",
+        type=ErrorType.APPLICATION,
+    )
 
 
 def validate_tree(tree: Tree, *, config_only: bool) -> None:

@@ -85,7 +85,7 @@ def plan(
     enc: Encoding,
 ) -> Edit:
     """The new configuration datastore after ``method`` on ``target`` with ``body``."""
-    with datatree.parse(schema, current, "xml", config_only=True) as cur:
+    with datatree.parse_datastore(schema, current, config_only=True) as cur:
         if target.is_datastore:
             return _datastore(schema, cur, method, body, enc)
         node = cur.find(target.path)

@@ -86,7 +86,7 @@ def prepare(
     except libyang.LibyangError as exc:
         raise to_qsdn_error(exc) from None
     try:
-        with datatree.parse(schema, config_xml, "xml", config_only=True) as dep:
+        with datatree.parse_datastore(schema, config_xml, config_only=True) as dep:
             _validate_op(schema, op, dep, lib.LYD_TYPE_RPC_YANG)
         leaves: dict[str, str] = {}
         for child in datatree.children(op):
@@ -131,7 +131,7 @@ def reply(
     except libyang.LibyangError as exc:
         raise _bad_output(inv, to_qsdn_error(exc)) from None
     try:
-        with datatree.parse(schema, config_xml, "xml", config_only=True) as dep:
+        with datatree.parse_datastore(schema, config_xml, config_only=True) as dep:
             try:
                 _validate_op(schema, op, dep, lib.LYD_TYPE_REPLY_YANG)
             except ValidationError as exc:

@@ -104,11 +104,8 @@ def read_params(params: Mapping[str, str], *, wd_tagging: bool) -> ReadParams:
 
 
 def parse_fields(text: str) -> Fields:
-    """Parse a ``fields`` expression (RFC 8040 section 4.8.3)::
-
-    fields-expr = path "(" fields-expr ")" / path ";" fields-expr / path
-    path = api-identifier [ "/" path ]
-    """
+    """Parse a ``fields`` expression (RFC 8040 section 4.8.3): ``fields-expr = path "(" fields-expr
+    ")" / path ";" fields-expr / path`` with ``path = api-identifier [ "/" path ]``."""
     pos = 0
 
     def fail(why: str) -> QueryError:

@@ -43,18 +43,26 @@ Choices where RFC 8040 leaves room or where this server departs from it:
   ``must-violation``, ``too-many-elements``, ``data-not-unique``...) but are answered 400, not the 500
   that section 7 gives operation-failed: they are the client's fault. ``data-missing`` (a mandatory
   node or a leafref target missing) stays 409 as in section 7.
-* ETag and Last-Modified: one strong entity-tag for the whole configuration datastore (a digest of its
+* ETag and Last-Modified: one strong entity-tag for the configuration datastore (a digest of its
   canonical XML, so it changes on every change, made here or by the controller), used for every
-  resource; Last-Modified is when this server first saw that tag (at one-second resolution).
-  If-Match / If-Unmodified-Since fail with 412 (operation-failed); If-None-Match / If-Modified-Since
-  give 304 on GET and HEAD, 412 on writes.
+  resource; as section 3.4.1.2 requires, state changes do not change it, so a read whose answer holds
+  state data is never answered 304 (``conditional.py``). If-Match / If-Unmodified-Since fail with 412
+  (operation-failed); If-None-Match / If-Modified-Since give 304 on GET and HEAD, 412 on writes.
 * ``depth``: the target has depth 1, or the top-level nodes for the datastore; list keys are always
   returned with their entry. ``with-defaults`` basic mode is ``explicit``.
+* A non-presence container without data reads as empty (``{}``) when the list entries above it exist;
+  a leaf that only has its default value is reported with it (unless ``with-defaults=trim``).
+* An operation the controller does not implement is 501 (section 7 allows 405 or 501).
 * ``insert`` and ``point`` (4.8.5, 4.8.6) are refused (400): the configuration has no ordered-by user
   list. No event streams.
 * Authentication: HTTP Basic against ``users`` (401 with ``WWW-Authenticate`` otherwise), meant to run
   behind TLS. ``/.well-known`` stays open for discovery. Writes are serialised; each one computes the
   whole new datastore and commits it with one :meth:`RestconfBackend.replace_config` call.
+
+The package: ``paths.py`` (URIs, data paths, instance-identifiers), ``render.py`` (media types,
+envelopes, errors), ``query.py`` (query parameters, shaping of answers), ``edit.py`` (writes),
+``operations.py`` (RPCs), ``datatree.py`` (libyang trees per request), ``conditional.py`` (ETag and
+conditional requests), ``monitoring.py`` (yang-library, restconf-state), ``backend.py`` (the backend).
 """
 
 from __future__ import annotations
@@ -62,24 +70,22 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import hashlib
 import hmac
 import logging
 from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from email.utils import format_datetime
 from typing import cast
 from urllib.parse import unquote
 
 from _libyang import ffi  # type: ignore[import-not-found, unused-ignore]
 from aiohttp import hdrs, web
-from lxml import etree
 
-from controller.northbound import datatree, edit, operations, query
+from controller.northbound import conditional, datatree, edit, operations, query
 from controller.northbound.backend import RestconfBackend
-from controller.northbound.datatree import Tree
-from controller.northbound.paths import PathError, SchemaIndex, Target, parse_api_path
+from controller.northbound.conditional import DatastoreClock
+from controller.northbound.datatree import Node, Tree
+from controller.northbound.monitoring import ServerState
+from controller.northbound.paths import SchemaIndex, Target, parse_api_path
 from controller.northbound.render import (
     JSON_TYPE,
     XML_TYPE,
@@ -89,7 +95,6 @@ from controller.northbound.render import (
     empty_container_body,
     errors_body,
     http_status,
-    load_xml,
     negotiate,
     node_body,
     operations_body,
@@ -97,47 +102,18 @@ from controller.northbound.render import (
     root_body,
     yang_library_version_body,
 )
-from qsdn.errors import ErrorType, QsdnError
+from qsdn.errors import ErrorType, QsdnError, ValidationError
 from qsdn.yang import SchemaContext
 
 log = logging.getLogger(__name__)
 
 DATA_PREFIX = "/restconf/data"
-YANG_LIBRARY = "ietf-yang-library"
-MONITORING = "ietf-restconf-monitoring"
-MONITORING_NS = "urn:ietf:params:xml:ns:yang:ietf-restconf-monitoring"
 WITH_DEFAULTS = "ietf-netconf-with-defaults"
-YANG_LIBRARY_NS = "urn:ietf:params:xml:ns:yang:ietf-yang-library"
-CAPABILITIES = (
-    "urn:ietf:params:restconf:capability:defaults:1.0?basic-mode=explicit",
-    "urn:ietf:params:restconf:capability:depth:1.0",
-    "urn:ietf:params:restconf:capability:fields:1.0",
-    "urn:ietf:params:restconf:capability:with-defaults:1.0",
-)
 ACCEPT_PATCH = f"{JSON_TYPE}, {XML_TYPE}"
 ANONYMOUS = "anonymous"
 
 _READ = ("GET", "HEAD", "OPTIONS")
 _METHOD_ORDER = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
-
-
-class _Clock:
-    """The datastore entity-tag and the time this server first saw it."""
-
-    def __init__(self) -> None:
-        self.etag = ""
-        self.modified = datetime.now(UTC).replace(microsecond=0)
-
-    def observe(self, config: str) -> tuple[str, datetime]:
-        tag = hashlib.sha256(config.encode("utf-8")).hexdigest()[:32]
-        if tag != self.etag:
-            if self.etag:
-                self.modified = datetime.now(UTC).replace(microsecond=0)
-            self.etag = tag
-        return self.etag, self.modified
-
-    def headers(self) -> dict[str, str]:
-        return {hdrs.ETAG: f'"{self.etag}"', hdrs.LAST_MODIFIED: format_datetime(self.modified, usegmt=True)}
 
 
 @dataclass
@@ -148,25 +124,23 @@ class RestconfServer:
     users: Mapping[str, str] | None
     realm: str
     index: SchemaIndex = field(init=False)
+    state: ServerState = field(init=False)
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    clock: _Clock = field(default_factory=_Clock)
-    _yang_library: dict[str, str] = field(default_factory=dict)
+    clock: DatastoreClock = field(default_factory=DatastoreClock)
 
     def __post_init__(self) -> None:
         self.index = SchemaIndex(self.backend.schema)
+        self.state = ServerState(self.backend.schema)
 
     @property
     def schema(self) -> SchemaContext:
         return self.backend.schema
 
-    def yang_library_version(self) -> str:
-        for info in self.schema.modules():
-            if info.name == YANG_LIBRARY and info.revision:
-                return info.revision
-        return "2019-01-04"
-
-    def has_module(self, name: str) -> bool:
-        return self.schema.module_namespace(name) is not None
+    def config(self) -> str:
+        """The backend's configuration, noted by the clock."""
+        config = self.backend.config_xml()
+        self.clock.observe(config)
+        return config
 
 
 SERVER = web.AppKey("qsdn_restconf_server", RestconfServer)
@@ -232,7 +206,6 @@ def _error_response(request: web.Request, exc: QsdnError) -> web.Response:
 
 def _from_http(exc: web.HTTPException) -> RestconfError:
     status = exc.status
-    headers: dict[str, str] = {}
     if status == 404:
         return RestconfError("no such resource", status=404, tag="invalid-value")
     if status == 405:
@@ -248,7 +221,7 @@ def _from_http(exc: web.HTTPException) -> RestconfError:
             "the request body is too big", status=413, tag="too-big", type=ErrorType.TRANSPORT
         )
     tag = "invalid-value" if status < 500 else "operation-failed"
-    return RestconfError(exc.reason or "request failed", status=status, tag=tag, headers=headers)
+    return RestconfError(exc.reason or "request failed", status=status, tag=tag)
 
 
 @web.middleware
@@ -369,7 +342,7 @@ async def _root(request: web.Request) -> web.StreamResponse:
         return answer
     _no_query(request)
     enc = negotiate(request.headers.get(hdrs.ACCEPT), "json")
-    return _respond(root_body(request.app[SERVER].yang_library_version(), enc), enc)
+    return _respond(root_body(request.app[SERVER].state.yang_library_version(), enc), enc)
 
 
 async def _yang_library_version(request: web.Request) -> web.StreamResponse:
@@ -377,7 +350,7 @@ async def _yang_library_version(request: web.Request) -> web.StreamResponse:
         return answer
     _no_query(request)
     enc = negotiate(request.headers.get(hdrs.ACCEPT), "json")
-    return _respond(yang_library_version_body(request.app[SERVER].yang_library_version(), enc), enc)
+    return _respond(yang_library_version_body(request.app[SERVER].state.yang_library_version(), enc), enc)
 
 
 async def _yang_module(request: web.Request) -> web.StreamResponse:
@@ -472,79 +445,63 @@ async def _data(request: web.Request) -> web.StreamResponse:
     return await _write(request, target)
 
 
-def _precondition_failed(why: str) -> RestconfError:
-    return RestconfError(f"precondition failed: {why}", status=412, tag="operation-failed")
-
-
-def _preconditions(
-    request: web.Request, etag: str, modified: datetime, *, exists: Callable[[], bool]
-) -> bool:
-    """RFC 7232 section 6 evaluation; True when a GET/HEAD should be answered 304."""
-    read = request.method in ("GET", "HEAD")
-    if_match = request.if_match
-    if if_match is not None:
-        ok = any((t.value == "*" and exists()) or (not t.is_weak and t.value == etag) for t in if_match)
-        if not ok:
-            raise _precondition_failed("If-Match does not match the datastore's entity-tag")
-    elif (since := request.if_unmodified_since) is not None and modified > since:
-        raise _precondition_failed("the datastore was modified after If-Unmodified-Since")
-    if_none = request.if_none_match
-    if if_none is not None:
-        if any((t.value == "*" and exists()) or t.value == etag for t in if_none):
-            if read:
-                return True
-            raise _precondition_failed("If-None-Match matches")
-    elif read and (since := request.if_modified_since) is not None and modified <= since:
-        return True
-    return False
-
-
-def _not_modified(server: RestconfServer) -> web.Response:
-    return web.Response(status=304, headers=server.clock.headers())
-
-
 def _read(request: web.Request, target: Target) -> web.StreamResponse:
     server = request.app[SERVER]
     params = query.split_query(_query_pairs(request), query.GET_PARAMS, request.method)
-    rp = query.read_params(params, wd_tagging=server.has_module(WITH_DEFAULTS))
+    rp = query.read_params(params, wd_tagging=server.state.has(WITH_DEFAULTS))
     sel = query.resolve_fields(server.index, target, rp.fields) if rp.fields else None
     enc = negotiate(request.headers.get(hdrs.ACCEPT), "json")
-    config = server.backend.config_xml()
-    etag, modified = server.clock.observe(config)
-    if _preconditions(request, etag, modified, exists=lambda: True):
-        return _not_modified(server)
+    config = server.config()
+    conditional.check(request, server.clock, exists=lambda: True)
     with _source_tree(request, server, target, rp.content, config) as tree:
         if rp.content == "nonconfig":
             query.strip_config(tree)
         if target.is_datastore:
             query.select_datastore(tree, rp.depth, sel)
+            answer = tree.top()
             printed = tree.print(enc, wd=rp.with_defaults, keep_empty=rp.depth is not None)
             body = datastore_body(printed, enc)
         else:
-            body = _read_node(server, tree, target, rp, sel, enc)
+            node = _target_node(server, tree, target, rp)
+            if node is None:
+                answer = []
+                body = empty_container_body(
+                    target.path.steps[-1].module, target.path.steps[-1].name, server.schema, enc
+                )
+            else:
+                answer = [node]
+                body = _print_target(server, node, target, rp, sel, enc)
+        holds_state = any(not datatree.is_config(n) for top in answer for n in datatree.iter_tree(top))
+    if not holds_state and conditional.not_modified(request, server.clock):
+        return conditional.not_modified_response(server.clock)
     return _respond(body, enc, server.clock.headers())
 
 
-def _read_node(
+def _target_node(server: RestconfServer, tree: Tree, target: Target, rp: query.ReadParams) -> Node | None:
+    """The target in the data read; None for an absent non-presence container (read as empty)."""
+    node = tree.find(target.path)
+    if node != ffi.NULL:
+        return node
+    tnode = target.node
+    if (
+        tnode is not None
+        and (rp.content == "all" or (rp.content == "config") == tnode.config)
+        and edit.implied(tree, target)
+    ):
+        return None
+    raise edit.missing(target)
+
+
+def _print_target(
     server: RestconfServer,
-    tree: Tree,
+    node: Node,
     target: Target,
     rp: query.ReadParams,
     sel: query.Selection | None,
     enc: Encoding,
 ) -> bytes:
-    node = tree.find(target.path)
-    kind = target.node.kind if target.node else "container"
-    if node == ffi.NULL:
-        tnode = target.node
-        if (
-            tnode is not None
-            and (rp.content == "all" or (rp.content == "config") == tnode.config)
-            and edit.implied(tree, target)
-        ):
-            return empty_container_body(tnode.module, tnode.name, server.schema, enc)
-        raise edit.missing(target)
     wd = rp.with_defaults
+    kind = target.node.kind if target.node else "container"
     if datatree.is_default(node) and kind in ("leaf", "leaf-list"):
         # The target itself only has its default value: report it, unless asked to trim defaults.
         if wd == "trim":
@@ -562,69 +519,21 @@ def _read_node(
 def _source_tree(
     request: web.Request, server: RestconfServer, target: Target, content: str, config: str
 ) -> Tree:
-    """The data a GET reads: the configuration, or the state with the protocol's own state data."""
-    schema = server.schema
+    """The data a GET reads: the configuration, or the state with the server's own state data."""
     if content == "config":
-        return datatree.parse(schema, config, "xml", config_only=True)
-    tree = datatree.parse(schema, server.backend.state_xml(), "xml", config_only=False)
+        return datatree.parse_datastore(server.schema, config, config_only=True)
+    try:
+        state = server.backend.state_xml()
+    except ValidationError as exc:
+        raise datatree.invalid_backend_data(exc) from None
+    tree = datatree.parse_datastore(server.schema, state, config_only=False)
     try:
         module = target.node.module if target.node else None
-        if module in (None, YANG_LIBRARY) and server.has_module(YANG_LIBRARY):
-            with datatree.parse(
-                schema,
-                _yang_library(server, str(request.url.origin())),
-                "xml",
-                config_only=False,
-                validate=False,
-            ) as lib_tree:
-                tree.merge(lib_tree)
-        if module in (None, MONITORING) and server.has_module(MONITORING):
-            with datatree.parse(schema, _monitoring_xml(), "xml", config_only=False, validate=False) as mon:
-                tree.merge(mon)
+        server.state.merge_into(tree, module, str(request.url.origin()))
     except BaseException:
         tree.free()
         raise
     return tree
-
-
-def _yang_library(server: RestconfServer, origin: str) -> str:
-    """RFC 8525 data from libyang, with each module's ``location`` pointing at ``/yang/`` here."""
-    cached = server._yang_library.get(origin)
-    if cached is not None:
-        return cached
-    schema = server.schema
-    node = schema.ctx.get_yanglib_data("%u")  # type: ignore[no-untyped-call]
-    with Tree(schema, node.cdata) as tree:
-        text = tree.print("xml")
-    root = load_xml(f"<wrap>{text}</wrap>".encode())
-    ns = {"yl": YANG_LIBRARY_NS}
-    for module in root.findall(".//yl:module", ns) + root.findall(".//yl:import-only-module", ns):
-        for old in module.findall("yl:location", ns) + module.findall("yl:schema", ns):
-            module.remove(old)
-        name = module.findtext("yl:name", namespaces=ns)
-        revision = module.findtext("yl:revision", namespaces=ns) or None
-        if name is None or schema.schema_text(name, revision) is None:
-            continue
-        url = f"{origin}/yang/{name}" + (f"@{revision}" if revision else "")
-        in_state = (
-            module.getparent() is not None and etree.QName(module.getparent()).localname == "modules-state"
-        )
-        leaf = etree.Element(f"{{{YANG_LIBRARY_NS}}}{'schema' if in_state else 'location'}")
-        leaf.text = url
-        # RFC 8525 / RFC 7895 node order: after namespace (yang-library) or after revision.
-        anchor = module.find("yl:namespace", ns) if not in_state else module.find("yl:revision", ns)
-        if anchor is not None:
-            anchor.addnext(leaf)
-        else:
-            module.append(leaf)
-    text = "".join(etree.tostring(child, encoding="unicode") for child in root)
-    server._yang_library[origin] = text
-    return text
-
-
-def _monitoring_xml() -> str:
-    caps = "".join(f"<capability>{c}</capability>" for c in CAPABILITIES)
-    return f'<restconf-state xmlns="{MONITORING_NS}"><capabilities>{caps}</capabilities></restconf-state>'
 
 
 async def _write(request: web.Request, target: Target) -> web.StreamResponse:
@@ -637,9 +546,12 @@ async def _write(request: web.Request, target: Target) -> web.StreamResponse:
     )
     if params:
         raise query.QueryError("insert and point apply to ordered-by user lists; this datastore has none")
-    body = await request.read() if method != "DELETE" else b""
+    body = b""
     enc_in: Encoding = "json"
     if method != "DELETE":
+        body = await request.read()
+        if not body.strip():
+            raise RestconfError(f"{method} needs a message body", status=400, tag="malformed-message")
         try:
             enc_in = request_encoding(request.headers.get(hdrs.CONTENT_TYPE))
         except RestconfError as exc:
@@ -647,14 +559,12 @@ async def _write(request: web.Request, target: Target) -> web.StreamResponse:
                 exc.headers["Accept-Patch"] = ACCEPT_PATCH
             raise
     user = request[USER]
-    backend = server.backend
     async with server.lock:
-        current = backend.config_xml()
-        etag, modified = server.clock.observe(current)
-        _preconditions(request, etag, modified, exists=lambda: _exists(server.schema, current, target))
+        current = server.config()
+        conditional.check(request, server.clock, exists=lambda: _exists(server.schema, current, target))
         planned = edit.plan(server.schema, server.index, current, method, target, body, enc_in)
-        await backend.replace_config(planned.new_config, user=user)
-        server.clock.observe(backend.config_xml())
+        await server.backend.replace_config(planned.new_config, user=user)
+        server.config()
     log.info("RESTCONF %s %s by %s", method, target.path.json() or "/", user)
     headers = server.clock.headers()
     if planned.location is not None:
@@ -665,8 +575,8 @@ async def _write(request: web.Request, target: Target) -> web.StreamResponse:
 def _exists(schema: SchemaContext, config: str, target: Target) -> bool:
     if target.is_datastore:
         return True
-    with datatree.parse(schema, config, "xml", config_only=True) as tree:
+    with datatree.parse_datastore(schema, config, config_only=True) as tree:
         return datatree.exists(tree.find(target.path))
 
 
-__all__ = ["SERVER", "USER", "PathError", "RestconfServer", "build_app"]
+__all__ = ["SERVER", "USER", "RestconfServer", "build_app"]
