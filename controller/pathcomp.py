@@ -28,19 +28,27 @@ What it does (issue 3, build item 2):
 * **k shortest paths**: Yen's algorithm (J. Y. Yen, "Finding the k shortest loopless paths in a network",
   Management Science 17, 712, 1971) with Lawler's refinement (spur only from the deviation node onwards:
   E. L. Lawler, Management Science 18, 401, 1972). Every spur search is A* towards the destination whose
-  heuristic is the exact distance to the destination in the unrestricted request graph, computed lazily
-  by a resumable reverse Dijkstra (Reverse Resumable A*, D. Silver, "Cooperative pathfinding", AIIDE 2005):
-  removing nodes and edges only lengthens distances, so the heuristic stays admissible and consistent,
-  and searches stop once their bound (the max-hops limit, or the k-th candidate already known) is
-  exceeded. Equal-cost ties are broken on the node-id sequence exactly (heap key ``(f, g, node)`` makes
-  every tied predecessor settle first).
-* **Node-disjoint backup**: first the best path that avoids the primary's relays (one A* search); if the
-  primary is a "trap" (no such path), the minimum-total-cost disjoint pair by Suurballe's algorithm on
-  the node-split graph (J. W. Suurballe, "Disjoint paths in a network", Networks 4, 125, 1974; node
-  splitting as in R. Bhandari, "Survivable networks", Kluwer 1999) with the reverse distances as
-  potentials, so both searches are Dijkstra on non-negative reduced costs. The pair is then the primary
-  and the backup. Without ``max_hops`` this finds a disjoint pair whenever one exists (Menger); when no
-  pair exists, the rejection names the node every route must cross. With ``max_hops``, finding two
+  heuristic is the exact distance to the destination in the unrestricted request graph. Removing nodes
+  and edges only lengthens distances, so that heuristic stays admissible and consistent; searches stop
+  at their bound (the max-hops limit, or the k-th candidate already known). Equal-cost ties are broken
+  on the node-id sequence exactly (heap key ``(f, g, node)`` makes every tied predecessor settle first).
+  The exact distances come lazily from a reverse search from the destination that is resumed whenever
+  a distance it has not settled yet is needed (Reverse Resumable A*, D. Silver, "Cooperative
+  pathfinding", AIIDE 2005), itself an A* towards the source with the landmark lower bound of ALT
+  (A. V. Goldberg, C. Harrelson, SODA 2005) computed once per topology on the base graph (no
+  reservation costs less), so it settles a corridor around the route rather than a ball around the
+  destination. Neighbours of the source that reach the destination only through the source again
+  (found in the topology's block-cut tree) are dropped, so no search has to exhaust their branch.
+* **Node-disjoint backup**: first, two necessary conditions that need no search: neither end may have a
+  single usable neighbour, and no articulation point of the topology's usable graph may separate the
+  ends (block-cut tree from networkx's biconnected components, once per topology). Then the best path
+  that avoids the primary's relays (one A* search); if the primary is a "trap" (no such path), the
+  minimum-total-cost disjoint pair by Suurballe's algorithm on the node-split graph (J. W. Suurballe,
+  "Disjoint paths in a network", Networks 4, 125, 1974; node splitting as in R. Bhandari, "Survivable
+  networks", Kluwer 1999) with the reverse distances as potentials, so both searches are Dijkstra on
+  non-negative reduced costs. The pair is then the primary and the backup. Without ``max_hops`` this
+  finds a disjoint pair whenever one exists (Menger); when no pair exists, the rejection names a node
+  every route must cross (or the direct span that is the only route). With ``max_hops``, finding two
   disjoint paths that both respect a length bound is NP-hard (C.-L. Li, S. T. McCormick, D. Simchi-Levi,
   Discrete Appl. Math. 26, 105, 1990); we then also try each of the k candidates as the primary, and
   report ``disjoint-backup`` with ``reason: max-hops`` if none of these fits.
@@ -51,8 +59,11 @@ What it does (issue 3, build item 2):
   or a span without enough key rate left (``rate``); then ``max-hops`` and ``disjoint-backup``. The span
   or node named is the first blocker on the shortest route that satisfies the constraints before it.
 
-Per-topology work (span assessments, the sorted adjacency) is cached per :class:`Topology` snapshot;
-per-request work builds each node's filtered adjacency only when a search reaches it.
+Caching. Per-topology work (span assessments, adjacency, landmarks, block-cut tree) is done once per
+:class:`Topology` snapshot: keep the snapshot while the topology does not change. A request's hop
+lists are shared with the base graph or with the last request for the same rate, and rebuilt, when a
+search first reaches them, only around the spans whose reservations differ. Reservations are summed
+with ``math.fsum``, so their order never changes an answer.
 """
 
 from __future__ import annotations
@@ -62,11 +73,12 @@ import functools
 import heapq
 import itertools
 import math
+import threading
 import weakref
-from operator import sub
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from operator import sub
 from types import MappingProxyType
 
 import networkx as nx
@@ -317,6 +329,7 @@ class _Index:
         "hop_weight",
         "ids",
         "landmarks",
+        "lock",
         "pos",
         "rates",
         "sorted_min_rate",
@@ -367,10 +380,13 @@ class _Index:
         min_rate = [min((self.rates[s] for _, s in hops), default=_INF) for hops in adj_usable]
         self.by_min_rate: list[int] = sorted(range(n), key=lambda v: (min_rate[v], v))
         self.sorted_min_rate: list[float] = [min_rate[v] for v in self.by_min_rate]
-        self.landmarks: list[tuple[int, ...]] = _landmarks(self.adj_base, _LANDMARKS if n >= _LANDMARK_MIN_NODES else 0)
+        self.landmarks: list[tuple[int, ...]] = _landmarks(
+            self.adj_base, _LANDMARKS if n >= _LANDMARK_MIN_NODES else 0
+        )
         self.tree = _BlockCutTree(self.adj_base)
         # Request graphs of recent requests, by rate: (reservations, adjacency), reused incrementally.
         self.graphs: dict[float, tuple[dict[int, float], list[list[_Hop] | None]]] = {}
+        self.lock = threading.Lock()
 
 
 # A hop in a request graph: (neighbour, cost, span index).
@@ -471,7 +487,7 @@ class _BlockCutTree:
     learn that). Blocks (biconnected components) and articulation points from networkx, once per topology.
     """
 
-    __slots__ = ("articulation", "edge_block", "node_block", "parent", "tin", "tout")
+    __slots__ = ("art_node", "articulation", "edge_block", "node_block", "parent", "tin", "tout")
 
     def __init__(self, adj: list[list[_Hop]]) -> None:
         g = nx.Graph()
@@ -481,6 +497,7 @@ class _BlockCutTree:
         self.articulation: dict[int, int] = {}  # node -> tree id (after the blocks' ids)
         for v in sorted(nx.articulation_points(g)):
             self.articulation[v] = len(blocks) + len(self.articulation)
+        self.art_node = {t: v for v, t in self.articulation.items()}
         size = len(blocks) + len(self.articulation)
         tree: list[list[int]] = [[] for _ in range(size)]
         self.edge_block: dict[tuple[int, int], int] = {}
@@ -520,6 +537,30 @@ class _BlockCutTree:
 
     def _ancestor(self, x: int, y: int) -> bool:
         return self.tin[x] <= self.tin[y] and self.tout[y] <= self.tout[x]
+
+    def _tree_node(self, v: int) -> int | None:
+        return self.articulation.get(v, self.node_block.get(v))
+
+    def separator(self, src: int, dst: int) -> int | None:
+        """An articulation point on every src-dst route (the one nearest dst), if there is one."""
+        x, y = self._tree_node(src), self._tree_node(dst)
+        if x is None or y is None:
+            return None
+        up: list[int] = []
+        while not self._ancestor(x, y):
+            up.append(x)
+            x = self.parent[x]
+            if x < 0:  # different components
+                return None
+        down: list[int] = []
+        while y != x:
+            down.append(y)
+            y = self.parent[y]
+        ends = (self.articulation.get(src), self.articulation.get(dst))
+        for t in itertools.chain(down, [x], reversed(up)):  # from dst's end towards src's
+            if t in self.art_node and t not in ends:
+                return self.art_node[t]
+        return None
 
     def cut_off(self, src: int, dst: int, neighbours: Iterable[int]) -> set[int]:
         """The neighbours of ``src`` whose branch (through ``src``) does not contain ``dst``."""
@@ -610,11 +651,13 @@ class _Search:
         self.src = index.pos[request.src]
         self.dst = index.pos[request.dst]
         self.rate = float(request.rate_bps)
-        reserved: dict[int, float] = {}
+        held: dict[int, list[float]] = {}
         for r in reservations:
             s = index.span_pos.get(r.span_id)
             if s is not None and r.rate_bps > 0.0:
-                reserved[s] = reserved.get(s, 0.0) + r.rate_bps
+                held.setdefault(s, []).append(r.rate_bps)
+        # fsum: the same total whatever the order of the reservations (so the same answer).
+        reserved = {s: rates[0] if len(rates) == 1 else math.fsum(rates) for s, rates in held.items()}
         self.reserved = reserved
         n = len(index.ids)
         self.hop_weight = index.hop_weight
@@ -634,16 +677,17 @@ class _Search:
         self.allowed = allowed
         # The request graph: hop lists shared with the base graph or with an earlier request for the
         # same rate, rebuilt (lazily, None) wherever the reservations or the rate make them differ.
-        cached = index.graphs.get(self.rate)
+        with index.lock:
+            cached = index.graphs.get(self.rate)
         if cached is None:
-            adj = list[list[_Hop] | None](index.adj_base)
+            adj: list[list[_Hop] | None] = list(index.adj_base)
             changed: Iterable[int] = reserved
             for v in index.by_min_rate[: bisect.bisect_left(index.sorted_min_rate, self.rate)]:
                 adj[v] = None
         else:
             before, shared = cached
             adj = list(shared)
-            changed = [s for s in before.keys() | reserved.keys() if before.get(s) != reserved.get(s)]
+            changed = {s for s, _ in before.items() ^ reserved.items()} if before != reserved else ()
         for s in changed:
             a, b = index.span_ends[s]
             adj[a] = adj[b] = None
@@ -671,14 +715,13 @@ class _Search:
         return p
 
     def _keep_graph(self) -> None:
-        """Offer this request graph to later requests for the same rate."""
-        adj = self.adj
-        adj[self.src] = adj[self.src]  # hop lists are never mutated; the src filter lives in src_hops
+        """Offer this request graph to later requests for the same rate (hop lists are never mutated)."""
         graphs = self.index.graphs
-        graphs.pop(self.rate, None)
-        graphs[self.rate] = (self.reserved, adj)
-        while len(graphs) > _GRAPH_CACHE:
-            del graphs[next(iter(graphs))]
+        with self.index.lock:
+            graphs.pop(self.rate, None)
+            graphs[self.rate] = (self.reserved, self.adj)
+            while len(graphs) > _GRAPH_CACHE:
+                del graphs[next(iter(graphs))]
 
     # -- request graph ------------------------------------------------------------------------------
 
@@ -880,7 +923,7 @@ class _Search:
             v, out = divmod(x, 2)
             if out:
                 hv = h(v)
-                for w_, c, _ in self._neighbours(v):
+                for w_, c, _ in self.src_hops if v == src else self._neighbours(v):
                     if ok[w_] and nxt.get(v) != w_:
                         hw = h(w_)
                         if hw != _INF:
@@ -962,11 +1005,23 @@ class _Search:
         )
 
     def run(self) -> PathComputation:
+        try:
+            return self._run()
+        finally:
+            self._keep_graph()
+
+    def _run(self) -> PathComputation:
         first = self._greedy_best()
         if first is None:
             raise self._diagnose()
         if first[0] > self.limit:
             raise self._reject_hops(len(first[1]) - 1)
+        if self.request.disjoint_backup:
+            # Cheap necessary conditions first: a node on every route, seen from the structure alone,
+            # rejects at once (the exact searches below would have to exhaust the graph to see it).
+            cut = self._structural_cut()
+            if cut != -1:
+                raise self._no_pair(first, cut)
         ranked = self._k_shortest(first, self.request.k)
         best, backup = first, None
         if self.request.disjoint_backup:
@@ -978,55 +1033,60 @@ class _Search:
             backup=None if backup is None else self._path(backup),
         )
 
-    def _single_exit(self) -> int | None:
-        """A node every route must cross because src or dst has a single usable neighbour (-1: none)."""
+    def _structural_cut(self) -> int | None:
+        """A node on every route (None: the direct span is the only route; -1: none found this way).
+
+        Either end with a single usable neighbour, or an articulation point of the topology's usable
+        graph between the ends (block-cut tree).
+        """
         src, dst, ok = self.src, self.dst, self.enter_ok
-        exits = [v for v, _, _ in self._neighbours(src) if ok[v]]
+        exits = [v for v, _, _ in self.src_hops if ok[v]]
         if len(exits) == 1:
             return None if exits[0] == dst else exits[0]
         entries = [w for w, _, _ in self._neighbours(dst) if ok[w] or w == src]
         if len(entries) == 1:
             return None if entries[0] == src else entries[0]
-        return -1
+        cut = self.index.tree.separator(src, dst)
+        return -1 if cut is None else cut
 
     def _backup(self, ranked: list[_Found]) -> tuple[_Found, _Found]:
         best = ranked[0]
-        # Cheap necessary condition first: a dead end at either end makes every search below exhaustive.
-        cut = self._single_exit()
-        pair: tuple[_Found, _Found] | int | None = cut
-        if cut == -1:
-            backup = self._disjoint_from(best[1])
+        backup = self._disjoint_from(best[1])
+        if backup is not None:
+            return best, backup
+        pair = self._suurballe(best[1])
+        if not isinstance(pair, tuple):
+            raise self._no_pair(best, pair)
+        if pair[1][0] <= self.limit:
+            return pair
+        for candidate in ranked[1:]:  # max_hops: try the other candidates as primary
+            backup = self._disjoint_from(candidate[1])
             if backup is not None:
-                return best, backup
-            pair = self._suurballe(best[1])
-        if isinstance(pair, tuple):
-            if pair[1][0] <= self.limit:
-                return pair
-            for candidate in ranked[1:]:  # max_hops: try the other candidates as primary
-                backup = self._disjoint_from(candidate[1])
-                if backup is not None:
-                    return candidate, backup
-            raise self._reject(
-                f"no node-disjoint backup within {self.request.max_hops} hops for "
-                f"{self._label(self.src)} -> {self._label(self.dst)}: the shortest disjoint pair needs "
-                f"{len(pair[1][1]) - 1} hops (searched the {len(ranked)} best primaries)",
-                constraint="disjoint-backup",
-                reason="max-hops",
-                max_hops=str(self.request.max_hops),
-                pair_hops=str(len(pair[1][1]) - 1),
-            )
-        if pair is None:
-            raise self._reject(
-                f"no node-disjoint backup for {self._label(self.src)} -> {self._label(self.dst)}: "
-                f"the direct span {self.index.span_ids[best[2][0]]} is the only usable route",
-                constraint="disjoint-backup",
-                span=self.index.span_ids[best[2][0]],
-            )
+                return candidate, backup
         raise self._reject(
-            f"no node-disjoint backup for {self._label(self.src)} -> {self._label(self.dst)}: every usable "
-            f"route passes through node {self._label(pair)} ({self.index.ids[pair]})",
+            f"no node-disjoint backup within {self.request.max_hops} hops for "
+            f"{self._label(self.src)} -> {self._label(self.dst)}: the shortest disjoint pair needs "
+            f"{len(pair[1][1]) - 1} hops (searched the {len(ranked)} best primaries)",
             constraint="disjoint-backup",
-            node=self.index.ids[pair],
+            reason="max-hops",
+            max_hops=str(self.request.max_hops),
+            pair_hops=str(len(pair[1][1]) - 1),
+        )
+
+    def _no_pair(self, best: _Found, cut: int | None) -> PathRejectedError:
+        pair = f"{self._label(self.src)} -> {self._label(self.dst)}"
+        if cut is None:
+            span = self.index.span_ids[best[2][0]]
+            return self._reject(
+                f"no node-disjoint backup for {pair}: the direct span {span} is the only usable route",
+                constraint="disjoint-backup",
+                span=span,
+            )
+        return self._reject(
+            f"no node-disjoint backup for {pair}: every usable route passes through node "
+            f"{self._label(cut)} ({self.index.ids[cut]})",
+            constraint="disjoint-backup",
+            node=self.index.ids[cut],
         )
 
     # -- rejections ---------------------------------------------------------------------------------
