@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import logging
 import os
 import re
@@ -246,17 +247,31 @@ class DatastoreManager:
         store = self._store(target)
         async with self._write_lock:
             self._check_writable(target, session)
-            work = wrap(store.xml)
-            result = apply_edit(
-                self.index, work, config, default_operation=default_operation, error_option=error_option
-            )
-            if result.errors and error_option != "continue-on-error":
-                raise QsdnError(result.errors[0].message, errors=result.errors)
-            new_xml = self._validated(unwrap(work), partial=target == CANDIDATE and test_option == "set")
+            partial = target == CANDIDATE and test_option == "set"
+            skipped: list[ErrorInfo] = []
+            if error_option == "continue-on-error":
+                config = copy.deepcopy(config)
+            while True:
+                work = wrap(store.xml)
+                result = apply_edit(
+                    self.index, work, config, default_operation=default_operation, error_option=error_option
+                )
+                if result.errors and error_option != "continue-on-error":
+                    raise QsdnError(result.errors[0].message, errors=result.errors)
+                try:
+                    new_xml = self._validated(unwrap(work), partial=partial)
+                    break
+                except QsdnError as exc:
+                    # continue-on-error (RFC 6241 7.2): drop the edit's nodes that fail validation and
+                    # apply the rest; anything else is refused whole.
+                    if error_option != "continue-on-error" or not _drop_failing(config, exc.errors):
+                        raise QsdnError(exc.first.message, errors=[*exc.errors, *result.errors]) from None
+                    skipped.extend(exc.errors)
+            errors = [*skipped, *result.errors]
             if test_option == "test-only":
-                return result.errors
+                return errors
             await self._commit_store(store, new_xml, result.changes, session)
-            return result.errors
+            return errors
 
     def _validated(self, xml: bytes, *, partial: bool = False) -> str:
         if not xml.strip():
@@ -489,6 +504,62 @@ class DatastoreManager:
             finally:
                 if result is not None:
                     result.free()
+
+
+_STEP = re.compile(r"^(?:[\w.\-]+:)?([\w.\-]+)((?:\[[^\]]*\])*)$")
+_PRED = re.compile(r"\[(?:[\w.\-]+:)?([\w.\-]+)=(?:'([^']*)'|\"([^\"]*)\")\]")
+
+
+def _drop_failing(config: etree._Element, errors: list[ErrorInfo]) -> bool:
+    """Remove from an edit the deepest element each error path points at; whether any was removed."""
+    removed = False
+    for err in errors:
+        if not err.path:
+            continue
+        node: etree._Element | None = config
+        for step in _split_path(err.path):
+            m = _STEP.match(step)
+            if m is None or node is None:
+                node = None
+                break
+            name, preds = m.group(1), dict((k, a or b) for k, a, b in _PRED.findall(m.group(2)))
+            nxt = None
+            for child in node:
+                if not isinstance(child.tag, str) or etree.QName(child).localname != name:
+                    continue
+                if all(
+                    any(etree.QName(k).localname == key and (k.text or "").strip() == val for k in child)
+                    for key, val in preds.items()
+                ):
+                    nxt = child
+                    break
+            if nxt is None:
+                break
+            node = nxt
+        if node is not None and node is not config and node.getparent() is not None:
+            node.getparent().remove(node)  # type: ignore[union-attr]
+            removed = True
+    return removed
+
+
+def _split_path(path: str) -> list[str]:
+    steps, cur, quote = [], "", ""
+    for ch in path.strip("/"):
+        if quote:
+            cur += ch
+            if ch == quote:
+                quote = ""
+        elif ch in "'\"":
+            quote = ch
+            cur += ch
+        elif ch == "/":
+            steps.append(cur)
+            cur = ""
+        else:
+            cur += ch
+    if cur:
+        steps.append(cur)
+    return steps
 
 
 def _diff_changes(old: str, new: str, ns_module: Callable[[str], str | None]) -> list[Change]:
