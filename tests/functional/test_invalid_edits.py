@@ -229,7 +229,7 @@ class Case:
     type: ErrorType | None = APP
     path: str | None = None
     info: dict[str, str] = field(default_factory=dict)
-    # False where the agent is known to omit error-info that appendix A defines (see the xfail test).
+    # False where a case deliberately gives less error-info than appendix A defines.
     full_info: bool = True
 
 
@@ -546,11 +546,6 @@ async def test_continue_on_error_applies_the_good_subtree_and_reports_both_error
     assert (await fresh.snapshot())[0] == before[0]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="agent bug: under continue-on-error a bad leaf value fails the whole edit at validation;"
-    " the good subtree is not applied and the edit-phase error (data-exists) is dropped from the reply",
-)
 async def test_continue_on_error_with_a_bad_value_skips_only_that_subtree(fresh: Seeded) -> None:
     body = node(
         "<qkdn_version>coe</qkdn_version>"
