@@ -129,6 +129,7 @@ class RpcHandler:
         try:
             op = rpc.operation
             qn = etree.QName(op)
+            _check_parameters(op)
             if qn.namespace == NC_NS and qn.localname in self._ops:
                 return await self._ops[qn.localname](session, rpc)
             if qn.namespace == MONITORING_NS and qn.localname == "get-schema":
@@ -487,6 +488,56 @@ class RpcHandler:
             )
         except (etree.XPathError, libyang.LibyangError):
             return False
+
+
+_NC_PARAMS: dict[str, frozenset[str]] = {
+    "get": frozenset({"filter"}),
+    "get-config": frozenset({"source", "filter"}),
+    "edit-config": frozenset({"target", "default-operation", "test-option", "error-option", "config", "url"}),
+    "copy-config": frozenset({"target", "source"}),
+    "delete-config": frozenset({"target"}),
+    "lock": frozenset({"target"}),
+    "unlock": frozenset({"target"}),
+    "close-session": frozenset(),
+    "kill-session": frozenset({"session-id"}),
+    "commit": frozenset({"confirmed", "confirm-timeout", "persist", "persist-id"}),
+    "discard-changes": frozenset(),
+    "cancel-commit": frozenset({"persist-id"}),
+    "validate": frozenset({"source"}),
+}
+_WD_OPS = frozenset({"get", "get-config", "copy-config"})
+_OTHER_PARAMS: dict[tuple[str, str], frozenset[tuple[str, str]]] = {
+    (MONITORING_NS, "get-schema"): frozenset((MONITORING_NS, n) for n in ("identifier", "version", "format")),
+    (NOTIFICATION_NS, "create-subscription"): frozenset(
+        {(NOTIFICATION_NS, n) for n in ("stream", "filter", "startTime", "stopTime")} | {(NC_NS, "filter")}
+    ),
+}
+
+
+def _check_parameters(op: etree._Element) -> None:
+    """RFC 6241 appendix A: a parameter the operation does not define is an unknown-element."""
+    qn = etree.QName(op)
+    if qn.namespace == NC_NS and qn.localname in _NC_PARAMS:
+        allowed = {(NC_NS, n) for n in _NC_PARAMS[qn.localname]}
+        if qn.localname in _WD_OPS:
+            allowed.add((WITH_DEFAULTS_NS, "with-defaults"))
+    else:
+        known = _OTHER_PARAMS.get((qn.namespace or "", qn.localname))
+        if known is None:
+            return
+        allowed = set(known)
+    for child in op:
+        if not isinstance(child.tag, str):
+            continue
+        cq = etree.QName(child)
+        if (cq.namespace or "", cq.localname) not in allowed:
+            raise QsdnError(
+                f"<{qn.localname}> has no parameter <{cq.localname}>"
+                + (f" in namespace {cq.namespace}" if cq.namespace not in (NC_NS, qn.namespace) else ""),
+                tag="unknown-element",
+                type=ErrorType.PROTOCOL,
+                info={"bad-element": cq.localname},
+            )
 
 
 def _copy(el: etree._Element) -> etree._Element:

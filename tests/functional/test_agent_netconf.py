@@ -316,3 +316,25 @@ async def test_unconfirmed_commit_is_undone_when_the_agent_restarts(
     h2 = await start_agent(cfg)
     async with h2.client() as c:
         assert not find(await c.get_config(), "n:qkd_node/n:qkdn_version")
+
+
+@pytest.mark.parametrize(
+    "op",
+    [
+        "<get><bogus/></get>",
+        "<lock><target><running/></target><bogus/></lock>",
+        "<get-config><source><running/></source><filter type='subtree'/><extra/></get-config>",
+        "<commit><confirmd/></commit>",
+        '<create-subscription xmlns="urn:ietf:params:xml:ns:netconf:notification:1.0"><bogus/></create-subscription>',
+    ],
+)
+async def test_unknown_parameters_are_unknown_elements(
+    start_agent: AgentFactory, tmp_path: Path, op: str
+) -> None:
+    h = await start_agent(node_config(tmp_path, "n1"))
+    async with h.client() as c:
+        el = etree.fromstring(op if "xmlns=" in op.split(">")[0] else op.replace(">", f' xmlns="{NC}">', 1))
+        reply = await c.rpc(el, check=False)
+        assert reply.errors and reply.errors[0].tag == "unknown-element"
+        assert reply.errors[0].info["bad-element"] in ("bogus", "extra", "confirmd")
+        assert c.session_id in {s for s in h.agent.sessions}  # still alive
