@@ -1198,8 +1198,8 @@ class _Search:
                 untrusted = not index.trusted[v]
                 why = "is not a trusted node" if untrusted else "is not in the request's trusted set"
                 return self._reject(
-                    f"every usable route from {pair} needs a relay that may not relay; the shortest needs "
-                    f"{self._label(v)} ({ids[v]}), which {why}",
+                    f"every usable route from {pair} needs a relay that may not act as one; the shortest "
+                    f"needs {self._label(v)} ({ids[v]}), which {why}",
                     constraint="untrusted-relay",
                     node=ids[v],
                     reason="untrusted" if untrusted else "not-in-trusted-set",
@@ -1213,8 +1213,8 @@ class _Search:
             sid = index.span_ids[s]
             left = _fmt(max(0.0, avail(s)))
             return self._reject(
-                f"not enough key rate from {pair}: every usable route lacks rate; the shortest is limited "
-                f"by span {sid}, which has {left} bit/s left of {_fmt(index.rates[s])} bit/s predicted, "
+                f"not enough key rate from {pair}: every route is short of rate somewhere; on the shortest, "
+                f"span {sid} has {left} bit/s left of {_fmt(index.rates[s])} bit/s predicted, "
                 f"{_fmt(self.rate)} bit/s requested",
                 constraint="rate",
                 span=sid,
