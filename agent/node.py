@@ -357,6 +357,14 @@ class Node:
                 iface.append(fibre)
         now = datetime.now(UTC)
         apps = node.find(_q("qkd_applications"))
+        # expected consumption of each link: the bandwidth its applications ask for (app_qos)
+        demand: dict[str, int] = {}
+        if apps is not None:
+            for app in apps.iterfind(_q("qkd_app")):
+                want = _text(app, "app_qos", "max_bandwidth") or _text(app, "app_qos", "min_bandwidth") or "0"
+                for backing in app.iterfind(_q("backing_qkdl_id")):
+                    if backing.text:
+                        demand[backing.text.strip()] = demand.get(backing.text.strip(), 0) + int(want)
         if apps is not None:
             for app in apps.iterfind(_q("qkd_app")):
                 app_id = _text(app, "app_id")
@@ -381,9 +389,8 @@ class Node:
                 p = self.driver.performance(qkdl_id)
             except DriverError:
                 continue
-            etree.SubElement(perf_el, _q("expected_consumption")).text = str(
-                notify._u32(p.expected_consumption_bps)
-            )
+            expected = p.expected_consumption_bps or demand.get(qkdl_id, 0)
+            etree.SubElement(perf_el, _q("expected_consumption")).text = str(notify._u32(expected))
             etree.SubElement(perf_el, _q("skr")).text = str(notify._u32(p.skr_bps))
             etree.SubElement(perf_el, _q("eskr")).text = str(notify._u32(p.eskr_bps))
             if p.qber is not None:
