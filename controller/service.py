@@ -90,6 +90,7 @@ class Controller:
         self.reroutes: list[RerouteEvent] = []
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._topo_cache: dict[bool, tuple[Any, Topology]] = {}
         self._stopping = False
 
     # --- lifecycle --------------------------------------------------------------------------------
@@ -227,6 +228,24 @@ class Controller:
         return {s.span_id: s for s in self.store.spans()}
 
     def topology(self, *, exclude_down: bool = True) -> Topology:
+        """The current topology snapshot; rebuilt only when nodes, spans or span health change, so
+        the path computation's per-topology caches survive between requests."""
+        records = self.store.spans()
+        key = (
+            tuple(
+                (n, st.record.name, st.record.trusted, st.record.role) for n, st in sorted(self.nodes.items())
+            ),
+            tuple((s.span_id, s.a, s.b, s.length_km, s.extra_loss_db, s.bands) for s in records),
+            frozenset(self.down_spans) if exclude_down else frozenset(),
+        )
+        cached = self._topo_cache.get(exclude_down)
+        if cached is not None and cached[0] == key:
+            return cached[1]
+        topo = self._build_topology(records, exclude_down)
+        self._topo_cache[exclude_down] = (key, topo)
+        return topo
+
+    def _build_topology(self, records: list[SpanRecord], exclude_down: bool) -> Topology:
         nodes = [
             Node(
                 node_id=st.record.node_id,
@@ -245,7 +264,7 @@ class Controller:
                 extra_loss_db=s.extra_loss_db,
                 bands=s.bands,
             )
-            for s in self.store.spans()
+            for s in records
             if not (exclude_down and s.span_id in self.down_spans)
         ]
         return Topology.build(nodes, spans)
