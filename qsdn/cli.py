@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import gc
 import logging
 import signal
 import sys
@@ -82,9 +81,6 @@ def _controller_run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await run_controller(cfg, stop)
 
-    # The topology and its caches live for the whole run: keep them out of the cyclic GC's scans
-    # (large topologies otherwise pause path computation for tens of milliseconds).
-    gc.freeze()
 
     asyncio.run(main())
     return 0
