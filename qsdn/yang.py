@@ -254,6 +254,10 @@ class SchemaContext:
         return self._ns_to_module.get(namespace)
 
     def modules(self) -> list[ModuleInfo]:
+        """The context's modules (computed once: the context never changes after start-up)."""
+        cached: list[ModuleInfo] | None = getattr(self, "_modules", None)
+        if cached is not None:
+            return list(cached)
         out: list[ModuleInfo] = []
         for m in self.ctx:
             feats = tuple(f.name() for f in m.features() if f.state())
@@ -269,7 +273,8 @@ class SchemaContext:
                     implemented=bool(m.implemented()),
                 )
             )
-        return out
+        self._modules = out
+        return list(out)
 
     def _module_file(self, name: str, revision: str | None) -> Path | None:
         candidates = [f"{name}@{revision}.yang"] if revision else []
