@@ -444,6 +444,14 @@ class Controller:
             )
             self.down_spans.add(span)
             self._spawn(self._reroute_span(span, time.monotonic()), f"reroute-{span}")
+        elif name == "sdqkdn_link_perf_update" and self.down_spans:
+            # ETSI 015 has no link-up event: a down span that produces key again is usable again.
+            qkdl_id = body.findtext(f"{{{NODE_NS}}}qkd_link/{{{NODE_NS}}}qkdl_id")
+            skr = body.findtext(f"{{{NODE_NS}}}qkd_link/{{{NODE_NS}}}performance/{{{NODE_NS}}}skr")
+            span = next((s for s in self.down_spans if phys_link_id(s) == qkdl_id), None)
+            if span is not None and skr is not None and int(skr) > 0:
+                log.info("span %s produces key again (reported by %s)", span, st.record.name)
+                self.down_spans.discard(span)
 
     async def _reroute_span(self, span_id: str, started: float) -> None:
         async with self._lock:

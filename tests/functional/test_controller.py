@@ -198,6 +198,10 @@ async def test_fibre_cut_moves_the_session_within_bounded_time(
             )
         d = await running_config(net, "D")
         assert not d.xpath("//n:qkd_app", namespaces=NS)
+        # the fibre is repaired: once the link produces key again the span is usable again
+        async with net.agents["A"].client() as c:
+            await c.edit_config(cut.replace("<fibre_cut>true</fibre_cut>", "<fibre_cut>false</fibre_cut>"))
+        await wait_until(lambda: "s-ad" not in ctl.down_spans, timeout_s=15)
 
 
 async def test_controller_restart_keeps_sessions_and_repairs_a_tampered_node(
