@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import logging
 import os
 import platform
 import signal
@@ -197,6 +198,7 @@ def main() -> int:
     )
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    logging.basicConfig(level=logging.ERROR)
     results = asyncio.run(main_async(args))
     if args.json:
         print(json.dumps({"machine": machine(), "results": results}, indent=2))
