@@ -21,6 +21,7 @@ import copy
 import logging
 import os
 import re
+import threading
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -113,6 +114,9 @@ class DatastoreManager:
         self.candidate_dirty = False
         self.confirmed: ConfirmedCommit | None = None
         self._write_lock = asyncio.Lock()
+        self._unsynced: set[Path] = set()
+        self._sync_lock = threading.Lock()
+        self._sync_task: asyncio.Task[None] | None = None
         running = self._load(self._stores[RUNNING])
         if running is None:
             running = self.schema.canonical_config(self.initial_running) if self.initial_running else ""
@@ -151,16 +155,49 @@ class DatastoreManager:
         log.info("loaded %s datastore from %s", store.name, store.path)
         return store.xml
 
-    @staticmethod
-    def _persist(store: _Store) -> None:
+    def _persist(self, store: _Store) -> None:
+        """Replace the file atomically (write, rename): a killed agent finds the old or the new
+        datastore, never a mix. The fsync that makes it survive a power loss runs in a worker
+        thread right after, coalesced across bursts of changes, so no session waits on the disk."""
         if store.path is None:
             return
         tmp = store.path.with_suffix(".tmp")
         with open(tmp, "w", encoding="utf-8") as f:
             f.write(store.xml)
-            f.flush()
-            os.fsync(f.fileno())
         os.replace(tmp, store.path)
+        with self._sync_lock:
+            self._unsynced.add(store.path)
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self.sync()
+            return
+        if self._sync_task is None or self._sync_task.done():
+            self._sync_task = loop.create_task(self._sync_soon(), name="datastore-fsync")
+
+    async def _sync_soon(self) -> None:
+        while self._unsynced:
+            await asyncio.to_thread(self.sync)
+
+    def sync(self) -> None:
+        """fsync every datastore file written since the last sync, and the directory."""
+        with self._sync_lock:
+            paths, self._unsynced = self._unsynced, set()
+        for path in paths:
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:
+                continue
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        if paths:
+            fd = os.open(self.data_dir, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
     # --- reading ----------------------------------------------------------------------------------
     def get(self, name: str) -> str:
@@ -459,6 +496,9 @@ class DatastoreManager:
         self._forget_rollback()
 
     async def close(self) -> None:
+        if self._sync_task is not None and not self._sync_task.done():
+            await self._sync_task
+        self.sync()
         if self.confirmed is not None and self.confirmed.timer is not None:
             self.confirmed.timer.cancel()
         task = getattr(self, "_rollback_task", None)

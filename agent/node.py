@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -82,8 +83,12 @@ class DesiredLink:
     eavesdropper: float
 
 
+@functools.lru_cache(maxsize=8)
 def desired_links(xml: str, node_id: str) -> tuple[dict[str, DesiredLink], dict[int, bool]]:
-    """PHYS links and interface faults the running configuration asks of the hardware."""
+    """PHYS links and interface faults the running configuration asks of the hardware.
+
+    Cached: one change of running consults the old and new configuration several times (checks,
+    reconcile, restore); callers must not modify the returned mappings."""
     root = wrap(xml)
     links: dict[str, DesiredLink] = {}
     det_fail: dict[int, bool] = {}

@@ -142,24 +142,15 @@ class NetconfSession:
             await self._cleanup()
 
     async def _read(self, timeout: float | None) -> bytes | None:  # noqa: ASYNC109
-        read = asyncio.ensure_future(self.process.stdin.read(65536))
-        killed = asyncio.ensure_future(self._killed.wait())
+        """The next bytes from the client; b"" at end of input (or after kill), None on idle timeout."""
+        if self._killed.is_set():
+            return b""
         try:
-            done, _ = await asyncio.wait({read, killed}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for t in (read, killed):
-                if not t.done():
-                    t.cancel()
-            for t in (read, killed):
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await t
-        if read in done and not read.cancelled() and read.exception() is None:
-            return bytes(read.result())
-        if read in done and read.exception() is not None:
+            return bytes(await asyncio.wait_for(self.process.stdin.read(65536), timeout))
+        except TimeoutError:
+            return None
+        except (asyncssh.Error, ConnectionError, BrokenPipeError):
             return b""
-        if killed in done:
-            return b""
-        return None
 
     def _on_hello(self, msg: bytes) -> bool:
         try:
