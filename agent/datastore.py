@@ -114,7 +114,7 @@ class DatastoreManager:
         self.candidate_dirty = False
         self.confirmed: ConfirmedCommit | None = None
         self._write_lock = asyncio.Lock()
-        self._unsynced: set[Path] = set()
+        self._pending: dict[Path, str | None] = {}
         self._sync_lock = threading.Lock()
         self._sync_task: asyncio.Task[None] | None = None
         running = self._load(self._stores[RUNNING])
@@ -141,7 +141,7 @@ class DatastoreManager:
 
     def _forget_rollback(self) -> None:
         if self._rollback_file.path is not None:
-            self._rollback_file.path.unlink(missing_ok=True)
+            self._queue(self._rollback_file.path, None)
 
     # --- persistence ------------------------------------------------------------------------------
     def _load(self, store: _Store) -> str | None:
@@ -156,43 +156,51 @@ class DatastoreManager:
         return store.xml
 
     def _persist(self, store: _Store) -> None:
-        """Replace the file atomically (write, rename): a killed agent finds the old or the new
-        datastore, never a mix. The fsync that makes it survive a power loss runs in a worker
-        thread right after, coalesced across bursts of changes, so no session waits on the disk."""
-        if store.path is None:
-            return
-        tmp = store.path.with_suffix(".tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(store.xml)
-        os.replace(tmp, store.path)
+        """Queue the store's content for writing; a background writer saves the latest version.
+
+        The writer (a worker thread) writes a temporary file, fsyncs it and renames it over the old
+        one, so the file on disk is always a whole datastore, old or new; a burst of changes costs
+        one write. The reply to a client does not wait for the disk: an agent killed within a few
+        milliseconds of a change can come back without it (a graceful stop always flushes)."""
+        if store.path is not None:
+            self._queue(store.path, store.xml)
+
+    def _queue(self, path: Path, content: str | None) -> None:
         with self._sync_lock:
-            self._unsynced.add(store.path)
+            self._pending[path] = content
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
-            self.sync()
+            self.flush()
             return
         if self._sync_task is None or self._sync_task.done():
-            self._sync_task = loop.create_task(self._sync_soon(), name="datastore-fsync")
+            self._sync_task = loop.create_task(self._write_soon(), name="datastore-writer")
 
-    async def _sync_soon(self) -> None:
-        while self._unsynced:
-            await asyncio.to_thread(self.sync)
+    async def _write_soon(self) -> None:
+        while self._pending:
+            await asyncio.to_thread(self.flush)
 
-    def sync(self) -> None:
-        """fsync every datastore file written since the last sync, and the directory."""
+    def flush(self) -> None:
+        """Write (or remove) every queued file now, durably."""
         with self._sync_lock:
-            paths, self._unsynced = self._unsynced, set()
-        for path in paths:
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
+            pending, self._pending = self._pending, {}
+        # The rollback file of a confirmed commit goes to disk before the running it protects, and
+        # is removed after it, so a crash never leaves an unconfirmed running without its rollback.
+        def order(item: tuple[Path, str | None]) -> int:
+            rollback = item[0] == self._rollback_file.path
+            return 0 if rollback and item[1] is not None else (2 if rollback else 1)
+
+        for path, content in sorted(pending.items(), key=order):
+            if content is None:
+                path.unlink(missing_ok=True)
                 continue
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        if paths:
+            tmp = path.with_suffix(".tmp")
+            with open(tmp, "w", encoding="utf-8") as f:
+                f.write(content)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        if pending:
             fd = os.open(self.data_dir, os.O_RDONLY)
             try:
                 os.fsync(fd)
@@ -498,7 +506,7 @@ class DatastoreManager:
     async def close(self) -> None:
         if self._sync_task is not None and not self._sync_task.done():
             await self._sync_task
-        self.sync()
+        self.flush()
         if self.confirmed is not None and self.confirmed.timer is not None:
             self.confirmed.timer.cancel()
         task = getattr(self, "_rollback_task", None)
