@@ -4,7 +4,8 @@ The protocol, per RFC 6241 (sections 7.5, 8.3, 8.4):
 
 1. lock running and candidate on every node (all nodes at once: a NETCONF lock that is taken fails
    with lock-denied instead of waiting, so two controllers cannot deadlock, one of them fails);
-2. discard-changes, then edit-config on the candidate of every node, then validate;
+2. edit-config on the candidate of every node (the candidate lock is only granted on an unmodified
+   candidate, so no discard-changes is needed), then validate;
 3. ``commit`` with ``<confirmed/>``, a confirm timeout and a ``persist`` token on every node: each
    node now runs the new configuration but will undo it by itself unless confirmed, even if this
    controller dies or loses the session;
@@ -85,17 +86,31 @@ async def apply_transaction(
             raise TransactionError(node, what, exc.first.message, exc.errors) from exc
 
     async def prepare(n: str) -> None:
+        # Requests that do not depend on each other are in flight together. No discard-changes:
+        # the candidate lock is only granted on an unmodified candidate (RFC 6241 8.3.5.1).
         c, st = clients[n], states[n]
-        await step(n, "lock running", c.lock("running"))
-        st.locked_running = True
-        await step(n, "lock candidate", c.lock("candidate"))
-        st.locked_candidate = True
-        st.snapshot = await _snapshot(n, c, step_timeout_s)
-        await step(n, "discard-changes", c.discard_changes())
-        st.edited = True
-        await step(
-            n, "edit-config", c.edit_config(edits[n], target="candidate", default_operation=default_operation)
-        )
+
+        async def lock(target: str) -> None:
+            await step(n, f"lock {target}", c.lock(target))
+            if target == "running":
+                st.locked_running = True
+            else:
+                st.locked_candidate = True
+
+        await _all(lock("running"), lock("candidate"))
+
+        async def snapshot() -> None:
+            st.snapshot = await _snapshot(n, c, step_timeout_s)
+
+        async def edit() -> None:
+            st.edited = True
+            await step(
+                n,
+                "edit-config",
+                c.edit_config(edits[n], target="candidate", default_operation=default_operation),
+            )
+
+        await _all(snapshot(), edit())
         await step(n, "validate", c.validate("candidate"))
 
     async def commit(n: str) -> None:
@@ -127,6 +142,14 @@ async def apply_transaction(
     finally:
         await _unlock(clients, states, step_timeout_s)
     log.info("transaction %s applied on %d node(s)", txid, len(order))
+
+
+async def _all(*calls: Awaitable[None]) -> None:
+    """Await all; once all have finished, raise the first failure."""
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    for r in results:
+        if isinstance(r, BaseException):
+            raise r
 
 
 async def _phase(order: list[str], run: Callable[[str], Awaitable[None]]) -> None:
@@ -183,11 +206,14 @@ async def _unlock(
 ) -> None:
     async def unlock(node: str, st: _NodeState) -> None:
         c = clients[node]
-        for target, held in (("candidate", st.locked_candidate), ("running", st.locked_running)):
-            if held:
-                try:
-                    await asyncio.wait_for(c.unlock(target), timeout_s)
-                except (QsdnError, TimeoutError) as exc:
-                    log.info("node %s: unlock %s failed: %s", node, target, exc)
+
+        async def one(target: str) -> None:
+            try:
+                await asyncio.wait_for(c.unlock(target), timeout_s)
+            except (QsdnError, TimeoutError) as exc:
+                log.info("node %s: unlock %s failed: %s", node, target, exc)
+
+        held = [t for t, h in (("candidate", st.locked_candidate), ("running", st.locked_running)) if h]
+        await asyncio.gather(*(one(t) for t in held))
 
     await asyncio.gather(*(unlock(n, st) for n, st in states.items()))
