@@ -31,7 +31,7 @@ from typing import Any
 from lxml import etree
 
 from controller.model import Node, Reservation, Span, Topology
-from controller.pathcomp import PathComputation, PathRequest, compute_paths
+from controller.pathcomp import PathComputation, PathRequest, classify_span, compute_paths
 from controller.provision import SessionPlan, SessionSpec, combine, phys_link_id, plan_session
 from controller.southbound.base import NodeClient, NodeEndpoint
 from controller.store import NodeRecord, SessionRecord, SpanRecord, Store
@@ -87,6 +87,9 @@ class Controller:
         self.settings = settings or ControllerSettings()
         self.nodes: dict[str, NodeState] = {}
         self.down_spans: set[str] = set()
+        #: the secret key rate each span's PHYS link reports (skr of sdqkdn_link_perf_update)
+        self.measured_bps: dict[str, float] = {}
+        self._link_spans: dict[str, str] = {}
         self.reroutes: list[RerouteEvent] = []
         self._lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -186,7 +189,11 @@ class Controller:
             log.warning("node %s: notification stream ended: %s", st.record.name, exc)
         if not self._stopping:
             st.reachable = False
-            log.warning("node %s lost", st.record.name)
+            st.last_error = "the NETCONF session ended"
+            log.warning("node %s lost: re-routing the sessions it relays", st.record.name)
+            self._spawn(
+                self._reroute_node(st.record.node_id, time.monotonic()), f"reroute-node-{st.record.name}"
+            )
 
     def client(self, node_id: str) -> NodeClient:
         st = self.nodes.get(node_id)
@@ -270,7 +277,22 @@ class Controller:
         return Topology.build(nodes, spans)
 
     def reservations(self, *, excluding: str | None = None) -> list[Reservation]:
+        """Active sessions' reservations, plus, for spans whose measured key rate (from
+        ``sdqkdn_link_perf_update``) is below the model's prediction, the shortfall: the path
+        computation then sees what the link really delivers."""
         out: list[Reservation] = []
+        if self.measured_bps:
+            spans = {s.span_id: s for s in self.store.spans()}
+            for span_id, measured in self.measured_bps.items():
+                rec = spans.get(span_id)
+                if rec is None:
+                    continue
+                predicted = classify_span(
+                    Span(span_id=span_id, a=rec.a, b=rec.b, length_km=rec.length_km,
+                         extra_loss_db=rec.extra_loss_db, bands=rec.bands)
+                ).predicted_rate_bps  # fmt: skip
+                if 0 < measured < predicted:
+                    out.append(Reservation(f"measured:{span_id}", span_id, predicted - measured))
         for s in self.store.sessions():
             if s.session_id == excluding or s.status not in ("active", "rerouting", "provisioning"):
                 continue
@@ -444,14 +466,26 @@ class Controller:
             )
             self.down_spans.add(span)
             self._spawn(self._reroute_span(span, time.monotonic()), f"reroute-{span}")
-        elif name == "sdqkdn_link_perf_update" and self.down_spans:
-            # ETSI 015 has no link-up event: a down span that produces key again is usable again.
+        elif name == "sdqkdn_link_perf_update":
             qkdl_id = body.findtext(f"{{{NODE_NS}}}qkd_link/{{{NODE_NS}}}qkdl_id")
             skr = body.findtext(f"{{{NODE_NS}}}qkd_link/{{{NODE_NS}}}performance/{{{NODE_NS}}}skr")
-            span = next((s for s in self.down_spans if phys_link_id(s) == qkdl_id), None)
-            if span is not None and skr is not None and int(skr) > 0:
+            span = self._span_of_link(qkdl_id)
+            if span is None or skr is None:
+                return
+            rate = float(skr)
+            if rate > 0:
+                self.measured_bps[span] = rate
+            if span in self.down_spans and rate > 0:
+                # ETSI 015 has no link-up event: a down span that produces key again is usable again.
                 log.info("span %s produces key again (reported by %s)", span, st.record.name)
                 self.down_spans.discard(span)
+
+    def _span_of_link(self, qkdl_id: str | None) -> str | None:
+        if qkdl_id is None:
+            return None
+        if qkdl_id not in self._link_spans:
+            self._link_spans = {phys_link_id(s.span_id): s.span_id for s in self.store.spans()}
+        return self._link_spans.get(qkdl_id)
 
     async def _reroute_span(self, span_id: str, started: float) -> None:
         async with self._lock:
@@ -469,6 +503,35 @@ class Controller:
                     log.error("session %s: %s", s.session_id, s.last_error)
                 self.reroutes.append(
                     RerouteEvent(s.session_id, span_id, started, time.monotonic(), ok, detail)
+                )
+
+    async def _reroute_node(self, node_id: str, started: float) -> None:
+        """A lost node: move the sessions it relays; sessions ending there cannot be moved."""
+        async with self._lock:
+            for s in self.store.sessions():
+                if s.status != "active" or node_id not in s.path:
+                    continue
+                if node_id in (s.src_node, s.dst_node):
+                    s.status = "failed"
+                    s.last_error = f"end node {self.nodes[node_id].record.name} is unreachable"
+                    s.last_error_node = node_id
+                    self.store.put_session(s)
+                    log.error("session %s: %s", s.session_id, s.last_error)
+                    continue
+                ok, detail = True, ""
+                try:
+                    await self._move(s)
+                except QsdnError as exc:
+                    ok, detail = False, str(exc)
+                    s.status = "failed"
+                    s.last_error = (
+                        f"re-route after the loss of node {self.nodes[node_id].record.name} failed: {exc}"
+                    )
+                    s.last_error_node = node_id
+                    self.store.put_session(s)
+                    log.error("session %s: %s", s.session_id, s.last_error)
+                self.reroutes.append(
+                    RerouteEvent(s.session_id, f"node:{node_id}", started, time.monotonic(), ok, detail)
                 )
 
     async def _move(self, s: SessionRecord) -> None:

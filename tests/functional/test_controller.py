@@ -231,3 +231,35 @@ async def test_controller_restart_keeps_sessions_and_repairs_a_tampered_node(
 
 
 _ = asyncio
+
+
+async def test_lost_relay_moves_its_sessions(start_agent: AgentFactory, tmp_path: Path) -> None:
+    net = five_node_net(tmp_path)
+    await net.start(start_agent)
+    async with running_controller(net, tmp_path / "ctl.sqlite") as ctl:
+        s = await ctl.create_session(session(net))
+        assert names(net, s.path) == ["A", "D", "E"]
+        await net.agents["D"].agent.stop()
+        await wait_until(lambda: bool(ctl.reroutes), timeout_s=20)
+        ev = ctl.reroutes[0]
+        assert ev.ok, ev.detail
+        moved = ctl.store.session(s.session_id)
+        assert moved is not None and moved.status == "active"
+        assert names(net, moved.path) == ["A", "B", "C", "E"]
+        plan = ctl._plan(moved, moved.path, moved.spans, moved.generation, full=True)
+        for name in ("A", "B", "C", "E"):
+            assert contains(await running_config(net, name), etree.fromstring(plan.edits[net.ids[name]])), (
+                name
+            )
+
+
+async def test_measured_key_rate_below_the_model_limits_admission(
+    start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    net = five_node_net(tmp_path)
+    await net.start(start_agent)
+    async with running_controller(net, tmp_path / "ctl.sqlite") as ctl:
+        # the A-D fibre delivers far less than its model rate (e.g. a dirty connector)
+        ctl.measured_bps["s-ad"] = 500.0
+        s = await ctl.create_session(session(net, rate=1000))
+        assert names(net, s.path) == ["A", "B", "C", "E"]
