@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -23,6 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +106,30 @@ async def wait_ports(nodes: list[NodeRecord]) -> None:
                 await asyncio.sleep(0.05)
 
 
+def _spawn(configs: list[Path]) -> list[subprocess.Popen[bytes]]:
+    argv = [sys.executable, "-m", "qsdn.cli", "--log-level", "warning", "agent", "run", "--config"]
+    return [
+        subprocess.Popen([*argv, str(c)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        for c in configs
+    ]
+
+
+@contextlib.asynccontextmanager
+async def agent_processes(configs: list[Path]) -> AsyncIterator[list[subprocess.Popen[bytes]]]:
+    """One ``qsdn agent run`` process per node.yaml, stopped with SIGTERM (then killed) at the end."""
+    procs = _spawn(configs)
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.send_signal(signal.SIGTERM)
+        for p in procs:
+            try:
+                p.wait(10)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
 def stats(samples: list[float]) -> dict[str, float]:
     s = sorted(samples)
     return {
@@ -159,35 +185,9 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, Any]]:
     with tempfile.TemporaryDirectory(prefix="qsdn-bench-prov-") as d:
         work = Path(d)
         nodes, spans, configs = build_chain(work)
-        procs = [
-            subprocess.Popen(  # noqa: ASYNC220 - started once, before any measurement
-                [
-                    sys.executable,
-                    "-m",
-                    "qsdn.cli",
-                    "--log-level",
-                    "warning",
-                    "agent",
-                    "run",
-                    "--config",
-                    str(c),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            for c in configs
-        ]
-        try:
+        async with agent_processes(configs):
             await wait_ports(nodes)
             return [await run_client(kind, nodes, spans, work, args.iterations) for kind in args.clients]
-        finally:
-            for p in procs:
-                p.send_signal(signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
 
 
 def main() -> int:

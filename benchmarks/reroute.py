@@ -19,9 +19,7 @@ import argparse
 import asyncio
 import json
 import logging
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -41,7 +39,7 @@ from qsdn.netconf.client import NetconfClient
 from qsdn.ports import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from provision import machine, wait_ports
+from provision import agent_processes, machine, wait_ports
 
 PASSWORD = "bench-pw"
 N = 6
@@ -158,35 +156,9 @@ async def main_async(args: argparse.Namespace) -> list[dict[str, float]]:
     with tempfile.TemporaryDirectory(prefix="qsdn-bench-reroute-") as d:
         work = Path(d)
         nodes, spans, configs = build_ring(work)
-        procs = [
-            subprocess.Popen(  # noqa: ASYNC220 - started once, before any measurement
-                [
-                    sys.executable,
-                    "-m",
-                    "qsdn.cli",
-                    "--log-level",
-                    "warning",
-                    "agent",
-                    "run",
-                    "--config",
-                    str(c),
-                ],
-                stdout=subprocess.DEVNULL,
-                stderr=subprocess.DEVNULL,
-            )
-            for c in configs
-        ]
-        try:
+        async with agent_processes(configs):
             await wait_ports(nodes)
             return await rounds(nodes, spans, work, args.rounds)
-        finally:
-            for p in procs:
-                p.send_signal(signal.SIGTERM)
-            for p in procs:
-                try:
-                    p.wait(10)
-                except subprocess.TimeoutExpired:
-                    p.kill()
 
 
 def main() -> int:
