@@ -24,6 +24,21 @@ Example::
         listen: {host: 127.0.0.1, port: 7301}
         peer: {host: 127.0.0.1, port: 7302}
         fibre: {length_km: 50, band: C, extra_loss_db: 0.0}
+    kme:                            # optional: the ETSI GS QKD 014 key delivery server (agent/kme)
+      host: 127.0.0.1
+      port: 8443
+      kme_id: alice                 # default: name; also the CommonName of the node certificate
+      cert: pki/nodes/alice.crt     # server certificate and client certificate towards peer KMEs
+      key: pki/nodes/alice.key
+      ca: pki/ca.crt                # verifies SAE and peer KME certificates
+      default_key_size: 256         # bits; sizes are multiples of 8 within [min_key_size, max_key_size]
+      min_key_size: 64
+      max_key_size: 4096
+      max_keys_per_request: 128     # status field max_key_per_request
+      max_key_count: 100000         # status field max_key_count
+      peer_timeout_s: 5
+      peers:                        # the KMEs at the far end of this node's links, by qkdn_id
+        6f1c7a3e-0000-4000-8000-000000000002: {url: "https://127.0.0.1:8444", kme_id: bob}
 """
 
 from __future__ import annotations
@@ -35,6 +50,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import yaml
 
@@ -102,6 +118,40 @@ class DeviceConfig:
 
 
 @dataclass(frozen=True)
+class KmePeerConfig:
+    """The KME at the far end of a link: where to reach it and the CommonName its certificate carries."""
+
+    qkdn_id: str
+    url: str
+    kme_id: str
+
+
+@dataclass(frozen=True)
+class KmeConfig:
+    """The ETSI GS QKD 014 KME of the node (``kme`` section)."""
+
+    kme_id: str
+    port: int
+    cert: Path
+    key: Path
+    ca: Path
+    host: str = "127.0.0.1"
+    default_key_size: int = 256
+    min_key_size: int = 64
+    max_key_size: int = 4096
+    max_keys_per_request: int = 128
+    max_key_count: int = 100_000
+    peer_timeout_s: float = 5.0
+    peers: tuple[KmePeerConfig, ...] = ()
+
+    def peer(self, qkdn_id: str) -> KmePeerConfig | None:
+        for p in self.peers:
+            if p.qkdn_id == qkdn_id:
+                return p
+        return None
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     node_id: str
     name: str
@@ -111,6 +161,7 @@ class AgentConfig:
     device: DeviceConfig = field(default_factory=DeviceConfig)
     interfaces: tuple[InterfaceConfig, ...] = ()
     source: str = "node.yaml"
+    kme: KmeConfig | None = None
 
 
 # --- password hashing (scrypt, RFC 7914) -----------------------------------------------------------
@@ -233,6 +284,7 @@ def parse_config(data: Any, source: str = "node.yaml", base_dir: Path | None = N
         interfaces.append(iface)
     if len({i.qkdi_id for i in interfaces}) != len(interfaces):
         raise top.fail("interfaces", "qkdi_id values must be unique")
+    kme = _parse_kme(top, name, node_id, base) if top.get("kme") is not None else None
     top.done()
     return AgentConfig(
         node_id=node_id,
@@ -243,7 +295,86 @@ def parse_config(data: Any, source: str = "node.yaml", base_dir: Path | None = N
         device=device,
         interfaces=tuple(interfaces),
         source=source,
+        kme=kme,
     )
+
+
+#: Largest key the KME may be configured to hand out, in bits (64 KiB).
+KME_MAX_KEY_BITS = 1 << 19
+
+
+def _parse_kme(top: _Reader, name: str, node_id: str, base: Path) -> KmeConfig:
+    k = top.sub("kme")
+
+    def path(key: str) -> Path:
+        p = Path(k.text(key, required=True)).expanduser()
+        p = p if p.is_absolute() else base / p
+        if not p.is_file():
+            raise k.fail(key, f"file {p} does not exist")
+        return p
+
+    def bits(key: str, default: int) -> int:
+        v: int = k.int(key, default, lo=8, hi=KME_MAX_KEY_BITS)
+        if v % 8:
+            raise k.fail(key, f"{v} is not a multiple of 8 (ETSI GS QKD 014 key sizes are whole bytes)")
+        return v
+
+    kme_id = k.text("kme_id", name)
+    if not kme_id or len(kme_id) > 64:
+        raise k.fail("kme_id", "must be 1 to 64 characters")
+    min_size = bits("min_key_size", 64)
+    max_size = bits("max_key_size", 4096)
+    default_size = bits("default_key_size", 256)
+    if min_size > max_size:
+        raise k.fail("min_key_size", f"{min_size} is larger than max_key_size {max_size}")
+    if not min_size <= default_size <= max_size:
+        raise k.fail("default_key_size", f"{default_size} is not within [{min_size}, {max_size}]")
+    peers: list[KmePeerConfig] = []
+    pr = k.sub("peers")
+    for raw_id in list(pr.data):
+        if not isinstance(raw_id, str):
+            raise pr.fail(str(raw_id), "peer keys must be qkdn_id strings (UUIDs)")
+        try:
+            qkdn_id = str(uuid.UUID(raw_id))
+        except ValueError:
+            raise pr.fail(raw_id, f"{raw_id!r} is not a qkdn_id (UUID)") from None
+        if qkdn_id == node_id:
+            raise pr.fail(raw_id, "is this node's own qkdn_id")
+        if any(p.qkdn_id == qkdn_id for p in peers):
+            raise pr.fail(raw_id, "is listed twice")
+        one = pr.sub(raw_id, required=True)
+        url = one.text("url", required=True)
+        parsed = urlsplit(url)
+        try:
+            port = parsed.port
+        except ValueError:
+            port = None
+        if parsed.scheme != "https" or not parsed.hostname or port is None or parsed.path not in ("", "/"):
+            raise one.fail("url", f"{url!r} is not https://host:port (the peer channel is mutual TLS)")
+        peer_kme = one.text("kme_id", required=True)
+        one.done()
+        peers.append(KmePeerConfig(qkdn_id=qkdn_id, url=url.rstrip("/"), kme_id=peer_kme))
+    if len({p.kme_id for p in peers}) != len(peers):
+        raise k.fail("peers", "kme_id values must be unique")
+    if any(p.kme_id == kme_id for p in peers):
+        raise k.fail("peers", f"a peer has this KME's own kme_id {kme_id!r}")
+    cfg = KmeConfig(
+        kme_id=kme_id,
+        host=k.text("host", "127.0.0.1"),
+        port=k.int("port", lo=0, hi=65535),
+        cert=path("cert"),
+        key=path("key"),
+        ca=path("ca"),
+        default_key_size=default_size,
+        min_key_size=min_size,
+        max_key_size=max_size,
+        max_keys_per_request=k.int("max_keys_per_request", 128, lo=1, hi=10_000),
+        max_key_count=k.int("max_key_count", 100_000, lo=1, hi=2**31 - 1),
+        peer_timeout_s=k.num("peer_timeout_s", 5.0, lo=0.1, hi=300),
+        peers=tuple(peers),
+    )
+    k.done()
+    return cfg
 
 
 def load_config(path: Path) -> AgentConfig:

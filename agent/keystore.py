@@ -12,6 +12,17 @@ order, each from its first unconsumed bit. Two stores that hold the same blocks 
 of requests therefore return the same bits, whatever order the blocks arrived in. Drivers must issue block
 ids that sort in generation order (the emulated driver does) so that the oldest key is used first.
 
+Ranges consumed out of order: the far end of a link does not choose what it consumes; it is told which
+ranges the near end took (:meth:`KeyStore.consume_ranges`), and concurrent requests may announce them in
+any order. A block therefore has a *frontier* (``consumed_bits``: every bit before it is consumed) and, in
+the ``taken`` table, the ranges consumed beyond the frontier. A range that joins the frontier moves it
+forward. :meth:`KeyStore.consume` skips taken ranges, so both kinds of consumption mix safely; when only
+:meth:`KeyStore.consume` is used the table stays empty and the behaviour is the prefix order above.
+
+Batches: :meth:`KeyStore.batch` runs several operations, and statements on tables of the caller's own
+(the ETSI 014 KME keeps its key records next to the blocks), in one transaction, so that consuming key
+and recording what it became commit together or not at all.
+
 Key material hygiene: a block whose last bit is consumed loses its bytes (the row stays as a tombstone so
 a late duplicate of the block is recognised and not stored again); ``PRAGMA secure_delete`` makes SQLite
 overwrite freed content. Partially consumed blocks keep their bytes until their last bit is used. No key
@@ -27,7 +38,7 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +46,16 @@ from typing import Any, NamedTuple
 
 from qsdn.errors import KeyStoreError
 
-__all__ = ["BlockInfo", "ConsumedKey", "ConsumptionRecord", "KeyRange", "KeyStore"]
+__all__ = [
+    "BlockInfo",
+    "ConsumedKey",
+    "ConsumptionRecord",
+    "KeyRange",
+    "KeyStore",
+    "KeyStoreBatch",
+    "MissingBlockError",
+    "RangeConflictError",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -62,7 +82,25 @@ CREATE TABLE IF NOT EXISTS accounting (
     at          REAL    NOT NULL
 );
 CREATE INDEX IF NOT EXISTS accounting_link ON accounting (qkdl_id, kind);
+CREATE INDEX IF NOT EXISTS accounting_consumer ON accounting (consumer);
+CREATE INDEX IF NOT EXISTS blocks_live ON blocks (qkdl_id, block_id, bits, consumed_bits)
+    WHERE key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS taken (
+    qkdl_id     TEXT    NOT NULL,
+    block_id    TEXT    NOT NULL,
+    offset_bits INTEGER NOT NULL,
+    nbits       INTEGER NOT NULL CHECK (nbits > 0),
+    PRIMARY KEY (qkdl_id, block_id, offset_bits)
+) WITHOUT ROWID;
 """
+
+
+class MissingBlockError(KeyStoreError):
+    """A range names a block this store does not hold (yet): the other end may not have delivered it."""
+
+
+class RangeConflictError(KeyStoreError):
+    """A range was already consumed, lies outside its block or overlaps another range of the request."""
 
 
 class KeyRange(NamedTuple):
@@ -116,6 +154,263 @@ def _extract_bits(data: bytes, offset_bits: int, nbits: int) -> int:
     total = len(data) * 8
     value = int.from_bytes(data, "big")
     return (value >> (total - offset_bits - nbits)) & ((1 << nbits) - 1)
+
+
+def _free_intervals(bits: int, frontier: int, taken: Sequence[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The unconsumed ``(offset, nbits)`` intervals of a block, in bit order."""
+    out: list[tuple[int, int]] = []
+    pos = frontier
+    for off, n in sorted(taken):
+        if off > pos:
+            out.append((pos, off - pos))
+        pos = max(pos, off + n)
+    if pos < bits:
+        out.append((pos, bits - pos))
+    return out
+
+
+def _check_nbits(qkdl_id: str, nbits: object) -> int:
+    if isinstance(nbits, bool) or not isinstance(nbits, int) or nbits <= 0:
+        raise KeyStoreError(f"link {qkdl_id}: number of bits to consume must be a positive integer")
+    return nbits
+
+
+class KeyStoreBatch:
+    """Operations inside one open transaction of a :class:`KeyStore` (see :meth:`KeyStore.batch`).
+
+    Valid only inside the ``with`` block that created it, on the thread that owns the store.
+    """
+
+    def __init__(self, conn: sqlite3.Connection, at: float) -> None:
+        self._conn = conn
+        self.at = at
+        self._savepoints = 0
+
+    # -- caller's own statements --------------------------------------------------------------------
+
+    def execute(self, sql: str, args: Sequence[object] = ()) -> sqlite3.Cursor:
+        """Run one SQL statement in the batch's transaction (for the caller's own tables)."""
+        return self._conn.execute(sql, tuple(args))
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> None:
+        self._conn.executemany(sql, rows)
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A nested all-or-nothing step: an exception rolls back what the step did, and propagates."""
+        self._savepoints += 1
+        name = f"sp{self._savepoints}"
+        self._conn.execute(f"SAVEPOINT {name}")
+        try:
+            yield
+        except BaseException:
+            self._conn.execute(f"ROLLBACK TO {name}")
+            self._conn.execute(f"RELEASE {name}")
+            raise
+        self._conn.execute(f"RELEASE {name}")
+
+    # -- consumption --------------------------------------------------------------------------------
+
+    def _taken(self, qkdl_id: str, block_id: str | None = None) -> dict[str, list[tuple[int, int]]]:
+        if block_id is None:
+            rows = self._conn.execute(
+                "SELECT block_id, offset_bits, nbits FROM taken WHERE qkdl_id = ?", (qkdl_id,)
+            ).fetchall()
+        else:
+            rows = self._conn.execute(
+                "SELECT block_id, offset_bits, nbits FROM taken WHERE qkdl_id = ? AND block_id = ?",
+                (qkdl_id, block_id),
+            ).fetchall()
+        out: dict[str, list[tuple[int, int]]] = {}
+        for b, off, n in rows:
+            out.setdefault(str(b), []).append((int(off), int(n)))
+        return out
+
+    def _bits(self, qkdl_id: str, block_id: str, offset_bits: int, nbits: int) -> int:
+        """Bits of a stored block, reading only the bytes that hold them."""
+        first = offset_bits // 8
+        nbytes = (offset_bits % 8 + nbits + 7) // 8
+        row = self._conn.execute(
+            "SELECT substr(key, ?, ?) FROM blocks WHERE qkdl_id = ? AND block_id = ?",
+            (first + 1, nbytes, qkdl_id, block_id),
+        ).fetchone()
+        chunk = bytes(row[0])
+        return _extract_bits(chunk, offset_bits % 8, nbits)
+
+    def _mark(
+        self,
+        qkdl_id: str,
+        block_id: str,
+        bits: int,
+        frontier: int,
+        existing: Sequence[tuple[int, int]],
+        new: Sequence[tuple[int, int]],
+    ) -> None:
+        """Record ``new`` ranges of a block as consumed: move the frontier, keep the rest in ``taken``."""
+        pos = frontier
+        beyond: list[tuple[int, int]] = []
+        for off, n in sorted([*existing, *new]):
+            if off == pos:
+                pos += n
+            else:
+                beyond.append((off, n))
+        conn = self._conn
+        if pos == bits:
+            conn.execute(
+                "UPDATE blocks SET consumed_bits = bits, key = NULL WHERE qkdl_id = ? AND block_id = ?",
+                (qkdl_id, block_id),
+            )
+            if existing:
+                conn.execute("DELETE FROM taken WHERE qkdl_id = ? AND block_id = ?", (qkdl_id, block_id))
+            return
+        if pos != frontier:
+            conn.execute(
+                "UPDATE blocks SET consumed_bits = ? WHERE qkdl_id = ? AND block_id = ?",
+                (pos, qkdl_id, block_id),
+            )
+            if any(off < pos for off, _ in existing):
+                conn.execute(
+                    "DELETE FROM taken WHERE qkdl_id = ? AND block_id = ? AND offset_bits < ?",
+                    (qkdl_id, block_id, pos),
+                )
+        have = set(existing)
+        conn.executemany(
+            "INSERT INTO taken (qkdl_id, block_id, offset_bits, nbits) VALUES (?, ?, ?, ?)",
+            [(qkdl_id, block_id, off, n) for off, n in beyond if (off, n) not in have],
+        )
+
+    def _account(self, qkdl_id: str, ranges: Sequence[KeyRange], kind: str, consumer: str) -> None:
+        self._conn.executemany(
+            "INSERT INTO accounting (qkdl_id, block_id, offset_bits, nbits, kind, consumer, at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            [(qkdl_id, r.block_id, r.offset_bits, r.nbits, kind, consumer, self.at) for r in ranges],
+        )
+
+    def consume(self, qkdl_id: str, nbits: int, consumer: str = "unspecified") -> ConsumedKey:
+        """:meth:`KeyStore.consume` inside this batch."""
+        _check_id("qkdl_id", qkdl_id)
+        _check_nbits(qkdl_id, nbits)
+        taken = self._taken(qkdl_id)
+        plan: list[tuple[str, int, int, list[tuple[int, int]]]] = []
+        remaining = nbits
+        cur = self._conn.execute(
+            "SELECT block_id, bits, consumed_bits FROM blocks"
+            " WHERE qkdl_id = ? AND key IS NOT NULL ORDER BY block_id",
+            (qkdl_id,),
+        )
+        try:
+            for block_id, bits, used in cur:
+                take: list[tuple[int, int]] = []
+                for off, n in _free_intervals(bits, used, taken.get(block_id, ())):
+                    t = min(n, remaining)
+                    take.append((off, t))
+                    remaining -= t
+                    if remaining == 0:
+                        break
+                if take:
+                    plan.append((str(block_id), int(bits), int(used), take))
+                if remaining == 0:
+                    break
+        finally:
+            cur.close()
+        if remaining > 0:
+            raise KeyStoreError(
+                f"link {qkdl_id}: not enough key: {nbits} bits requested, {nbits - remaining} available"
+            )
+        ranges: list[KeyRange] = []
+        acc = 0
+        for block_id, bits, used, take in plan:
+            for off, n in take:
+                acc = (acc << n) | self._bits(qkdl_id, block_id, off, n)
+                ranges.append(KeyRange(block_id, off, n))
+            self._mark(qkdl_id, block_id, bits, used, taken.get(block_id, ()), take)
+        self._account(qkdl_id, ranges, "consumed", consumer)
+        return ConsumedKey(ranges=ranges, nbits=nbits, key=_pack(acc, nbits))
+
+    def consume_ranges(
+        self, qkdl_id: str, ranges: Sequence[KeyRange], consumer: str, *, discard: bool = False
+    ) -> ConsumedKey:
+        """:meth:`KeyStore.consume_ranges` inside this batch."""
+        _check_id("qkdl_id", qkdl_id)
+        if not ranges:
+            raise KeyStoreError(f"link {qkdl_id}: no ranges to consume")
+        wanted: dict[str, list[tuple[int, int]]] = {}
+        for raw in ranges:
+            r = KeyRange(*raw)
+            _check_id("block_id", r.block_id)
+            if isinstance(r.offset_bits, bool) or not isinstance(r.offset_bits, int) or r.offset_bits < 0:
+                raise RangeConflictError(f"link {qkdl_id}: block {r.block_id}: bad range offset")
+            _check_nbits(qkdl_id, r.nbits)
+            wanted.setdefault(r.block_id, []).append((r.offset_bits, r.nbits))
+        blocks: dict[str, tuple[int, int, list[tuple[int, int]]]] = {}
+        for block_id, spans in wanted.items():
+            row = self._conn.execute(
+                "SELECT bits, consumed_bits, key IS NULL FROM blocks WHERE qkdl_id = ? AND block_id = ?",
+                (qkdl_id, block_id),
+            ).fetchone()
+            if row is None:
+                raise MissingBlockError(f"link {qkdl_id}: block {block_id} is not in this key store")
+            bits, frontier, used_up = int(row[0]), int(row[1]), bool(row[2])
+            if used_up:
+                raise RangeConflictError(f"link {qkdl_id}: block {block_id} is already used up")
+            existing = self._taken(qkdl_id, block_id).get(block_id, [])
+            prev_end = -1
+            for off, n in sorted(spans):
+                if off + n > bits:
+                    raise RangeConflictError(
+                        f"link {qkdl_id}: block {block_id}: range {off}+{n} lies outside its {bits} bits"
+                    )
+                if off < frontier or any(off < e_off + e_n and e_off < off + n for e_off, e_n in existing):
+                    raise RangeConflictError(
+                        f"link {qkdl_id}: block {block_id}: range {off}+{n} was already consumed"
+                    )
+                if off < prev_end:
+                    raise RangeConflictError(
+                        f"link {qkdl_id}: block {block_id}: the requested ranges overlap at bit {off}"
+                    )
+                prev_end = off + n
+            blocks[block_id] = (bits, frontier, existing)
+        acc = 0
+        nbits = 0
+        norm: list[KeyRange] = []
+        for r in ranges:
+            block_id, off, n = r[0], r[1], r[2]
+            acc = (acc << n) | self._bits(qkdl_id, block_id, off, n)
+            nbits += n
+            norm.append(KeyRange(block_id, off, n))
+        for block_id, (bits, frontier, existing) in blocks.items():
+            self._mark(qkdl_id, block_id, bits, frontier, existing, wanted[block_id])
+        self._account(qkdl_id, norm, "discarded" if discard else "consumed", consumer)
+        return ConsumedKey(ranges=norm, nbits=nbits, key=_pack(acc, nbits))
+
+    def discard_consumed(self, qkdl_id: str, consumer: str) -> int:
+        """:meth:`KeyStore.discard_consumed` inside this batch."""
+        _check_id("qkdl_id", qkdl_id)
+        row = self._conn.execute(
+            "SELECT COALESCE(SUM(nbits), 0) FROM accounting"
+            " WHERE consumer = ? AND qkdl_id = ? AND kind = 'consumed'",
+            (consumer, qkdl_id),
+        ).fetchone()
+        self._conn.execute(
+            "UPDATE accounting SET kind = 'discarded'"
+            " WHERE consumer = ? AND qkdl_id = ? AND kind = 'consumed'",
+            (consumer, qkdl_id),
+        )
+        return int(row[0])
+
+    def ranges_of(self, qkdl_id: str, consumer: str) -> list[KeyRange]:
+        """:meth:`KeyStore.ranges_of` inside this batch."""
+        rows = self._conn.execute(
+            "SELECT block_id, offset_bits, nbits FROM accounting"
+            " WHERE consumer = ? AND qkdl_id = ? ORDER BY id",
+            (consumer, qkdl_id),
+        ).fetchall()
+        return [KeyRange(str(b), int(o), int(n)) for b, o, n in rows]
+
+
+def _pack(acc: int, nbits: int) -> bytes:
+    pad = (-nbits) % 8
+    return (acc << pad).to_bytes((nbits + pad) // 8, "big")
 
 
 class KeyStore:
@@ -234,7 +529,8 @@ class KeyStore:
             "SELECT COALESCE(SUM(bits - consumed_bits), 0) FROM blocks WHERE qkdl_id = ? AND key IS NOT NULL",
             (qkdl_id,),
         )
-        return int(rows[0][0])
+        taken = self._query("SELECT COALESCE(SUM(nbits), 0) FROM taken WHERE qkdl_id = ?", (qkdl_id,))
+        return int(rows[0][0]) - int(taken[0][0])
 
     def blocks(self, qkdl_id: str) -> list[BlockInfo]:
         """The blocks of a link that still hold key, in consumption order (ascending ``block_id``)."""
@@ -266,54 +562,71 @@ class KeyStore:
 
         ``consumer`` says who takes the key and why (for the audit trail). All or nothing: if the link
         holds fewer than ``nbits`` bits a :class:`KeyStoreError` is raised and nothing is consumed.
+        Ranges already taken by :meth:`consume_ranges` are skipped.
         """
         _check_id("qkdl_id", qkdl_id)
-        if isinstance(nbits, bool) or not isinstance(nbits, int) or nbits <= 0:
-            raise KeyStoreError(f"link {qkdl_id}: number of bits to consume must be a positive integer")
-        with self._transaction(f"consume {nbits} bits of link {qkdl_id}") as conn:
-            rows = conn.execute(
-                "SELECT block_id, bits, consumed_bits, key FROM blocks"
-                " WHERE qkdl_id = ? AND key IS NOT NULL ORDER BY block_id",
-                (qkdl_id,),
-            ).fetchall()
-            available = sum(bits - used for _, bits, used, _ in rows)
-            if available < nbits:
-                raise KeyStoreError(
-                    f"link {qkdl_id}: not enough key: {nbits} bits requested, {available} available"
-                )
-            at = self._now()
-            ranges: list[KeyRange] = []
-            acc = 0
-            remaining = nbits
-            for block_id, bits, used, key in rows:
-                if remaining == 0:
-                    break
-                take = min(remaining, bits - used)
-                acc = (acc << take) | _extract_bits(bytes(key), used, take)
-                ranges.append(KeyRange(block_id, used, take))
-                remaining -= take
-                if used + take == bits:
-                    conn.execute(
-                        "UPDATE blocks SET consumed_bits = bits, key = NULL"
-                        " WHERE qkdl_id = ? AND block_id = ?",
-                        (qkdl_id, block_id),
-                    )
-                else:
-                    conn.execute(
-                        "UPDATE blocks SET consumed_bits = ? WHERE qkdl_id = ? AND block_id = ?",
-                        (used + take, qkdl_id, block_id),
-                    )
-                conn.execute(
-                    "INSERT INTO accounting (qkdl_id, block_id, offset_bits, nbits, kind, consumer, at)"
-                    " VALUES (?, ?, ?, ?, 'consumed', ?, ?)",
-                    (qkdl_id, block_id, used, take, consumer, at),
-                )
-        pad = (-nbits) % 8
-        key_bytes = (acc << pad).to_bytes((nbits + pad) // 8, "big")
+        _check_nbits(qkdl_id, nbits)
+        with self.batch(f"consume {nbits} bits of link {qkdl_id}") as b:
+            got = b.consume(qkdl_id, nbits, consumer)
         logger.debug(
-            "link %s: %d bits consumed by %s from %d block(s)", qkdl_id, nbits, consumer, len(ranges)
+            "link %s: %d bits consumed by %s from %d block(s)", qkdl_id, nbits, consumer, len(got.ranges)
         )
-        return ConsumedKey(ranges=ranges, nbits=nbits, key=key_bytes)
+        return got
+
+    def consume_ranges(
+        self, qkdl_id: str, ranges: Sequence[KeyRange], consumer: str, *, discard: bool = False
+    ) -> ConsumedKey:
+        """Consume exactly the given ranges (as the other end of the link did) and return their bits.
+
+        The bits come back concatenated in the order of ``ranges``. All or nothing: a
+        :class:`MissingBlockError` if a block is not in the store (it may still be on its way), a
+        :class:`RangeConflictError` if a range was already consumed (here or by :meth:`consume`), lies
+        outside its block or overlaps another range of the call; nothing is consumed then. The ranges
+        may come in any order relative to earlier calls. ``discard`` records them in the accounting as
+        discarded instead of consumed (key that is used up but must never be handed out).
+        """
+        with self.batch(f"consume {len(ranges)} range(s) of link {qkdl_id}") as b:
+            got = b.consume_ranges(qkdl_id, ranges, consumer, discard=discard)
+        logger.debug(
+            "link %s: %d bits in %d range(s) %s by %s",
+            qkdl_id,
+            got.nbits,
+            len(got.ranges),
+            "discarded" if discard else "consumed",
+            consumer,
+        )
+        return got
+
+    def discard_consumed(self, qkdl_id: str, consumer: str, reason: str = "") -> int:
+        """Reclassify what ``consumer`` consumed on a link as discarded (never handed out); returns bits.
+
+        For key that was taken from the store but could not be delivered: the accounting keeps every
+        bit, now saying it was thrown away (``reason`` goes to the log). Idempotent.
+        """
+        with self.batch(f"discard what {consumer} consumed on link {qkdl_id}") as b:
+            n = b.discard_consumed(qkdl_id, consumer)
+        if n:
+            logger.info(
+                "link %s: %d bits consumed by %s recorded as discarded (%s)", qkdl_id, n, consumer, reason
+            )
+        return n
+
+    def ranges_of(self, qkdl_id: str, consumer: str) -> list[KeyRange]:
+        """The ranges of a link ``consumer`` consumed or discarded, in the order they were recorded."""
+        with self.batch(f"read the ranges of {consumer} on link {qkdl_id}") as b:
+            return b.ranges_of(qkdl_id, consumer)
+
+    @contextmanager
+    def batch(self, what: str = "run a batch") -> Iterator[KeyStoreBatch]:
+        """One transaction for several operations; it commits when the block ends without an exception.
+
+        ``what`` names the work in error messages. SQLite errors become :class:`KeyStoreError`.
+        """
+        try:
+            with self._transaction(what) as conn:
+                yield KeyStoreBatch(conn, self._now())
+        except sqlite3.Error as exc:
+            raise KeyStoreError(f"key store {self._path}: cannot {what}: {exc}") from exc
 
     def consumed_bits(self, qkdl_id: str) -> int:
         """Bits of a link consumed over the lifetime of the store (from the accounting)."""
@@ -353,15 +666,23 @@ class KeyStore:
                 " WHERE qkdl_id = ? AND key IS NOT NULL ORDER BY block_id",
                 (qkdl_id,),
             ).fetchall()
+            taken: dict[str, list[tuple[int, int]]] = {}
+            for b, off, n in conn.execute(
+                "SELECT block_id, offset_bits, nbits FROM taken WHERE qkdl_id = ?", (qkdl_id,)
+            ):
+                taken.setdefault(str(b), []).append((int(off), int(n)))
             at = self._now()
+            dropped = 0
             for block_id, bits, used in rows:
-                conn.execute(
-                    "INSERT INTO accounting (qkdl_id, block_id, offset_bits, nbits, kind, consumer, at)"
-                    " VALUES (?, ?, ?, ?, 'discarded', ?, ?)",
-                    (qkdl_id, block_id, used, bits - used, reason, at),
-                )
+                for off, n in _free_intervals(bits, used, taken.get(block_id, ())):
+                    conn.execute(
+                        "INSERT INTO accounting (qkdl_id, block_id, offset_bits, nbits, kind, consumer, at)"
+                        " VALUES (?, ?, ?, ?, 'discarded', ?, ?)",
+                        (qkdl_id, block_id, off, n, reason, at),
+                    )
+                    dropped += n
             conn.execute("DELETE FROM blocks WHERE qkdl_id = ?", (qkdl_id,))
-        dropped = int(sum(bits - used for _, bits, used in rows))
+            conn.execute("DELETE FROM taken WHERE qkdl_id = ?", (qkdl_id,))
         logger.info(
             "link %s: dropped from key store, %d unused bits discarded (%s)", qkdl_id, dropped, reason
         )
@@ -387,4 +708,5 @@ class KeyStore:
             (),
         )
         links, blocks, bits = rows[0]
+        bits -= int(self._query("SELECT COALESCE(SUM(nbits), 0) FROM taken", ())[0][0])
         return f"<KeyStore {self._path} links={links} blocks={blocks} stored_bits={bits}>"

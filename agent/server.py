@@ -22,9 +22,10 @@ import asyncssh
 from lxml import etree
 
 from agent.config import AgentConfig, UserConfig
-from agent.datastore import DatastoreManager, SessionInfo
+from agent.datastore import RUNNING, DatastoreManager, SessionInfo
 from agent.drivers.base import QkdDriver
 from agent.keystore import KeyStore
+from agent.kme import KmeServer
 from agent.node import Node
 from agent.notify import NotificationBus, Subscription
 from agent.rpc import RpcHandler
@@ -297,6 +298,15 @@ class NetconfAgent:
             bus=self.bus,
         )
         self.handler = RpcHandler(self)
+        self.kme: KmeServer | None = None
+        if config.kme is not None:
+            self.kme = KmeServer(
+                config.kme,
+                node_id=config.node_id,
+                running=lambda: self.datastores.get(RUNNING),
+                keystore=keystore,
+                bus=self.bus,
+            )
         self.writable_running = True
         self.users: dict[str, UserConfig] = {u.name: u for u in config.netconf.users}
         self.sessions: dict[int, NetconfSession] = {}
@@ -444,9 +454,13 @@ class NetconfAgent:
         sockets = self._server.sockets
         self.port = sockets[0].getsockname()[1] if sockets else nc.port
         log.info("node %s: NETCONF over SSH on %s:%s", self.config.node_id, nc.host, self.port)
+        if self.kme is not None:
+            await self.kme.start()
 
     async def stop(self) -> None:
         """Stop accepting, end every session, then stop the hardware and close the stores."""
+        if self.kme is not None:
+            await self.kme.stop()
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
