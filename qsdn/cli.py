@@ -130,12 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
     ccheck.set_defaults(func=_controller_check)
 
     from qsdn.lab.lab_cli import register as register_lab
+    from qsdn.lab.plan_cli import register as register_plan
     from qsdn.operator import register
     from qsdn.pki_cli import register as register_pki
 
     register(sub)
     register_pki(sub)
     register_lab(sub)
+    register_plan(sub)
 
     demo = sub.add_parser("demo", help="two agents, one fibre: keys at both ends, then a fibre cut")
     demo.add_argument("--seconds", type=float, default=5.0, help="how long to produce key (default 5)")
