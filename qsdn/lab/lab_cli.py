@@ -272,6 +272,17 @@ def _add_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dir", help="the lab directory (default: the only ./lab-* here, or $QSDN_LAB_DIR)")
 
 
+def _compose(args: argparse.Namespace) -> int:
+    from qsdn.lab.compose import write_compose
+    from qsdn.lab.topology import load_topology
+
+    topo = load_topology(Path(args.topology))
+    written = write_compose(topo, Path(args.out), args.config_dir)
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
 def add_commands(lab: Any) -> None:
     """Add ``up``, ``status``, ``down``, ``cut``, ``eve`` and ``restore`` to a subparsers object."""
     up = lab.add_parser("up", help="start a lab from a topology file")
@@ -285,6 +296,15 @@ def add_commands(lab: Any) -> None:
     up.add_argument("--dir", help="lab directory (default: ./lab-<name>)")
     up.add_argument("--detach", action="store_true", help="return once the lab is up, leaving it running")
     up.set_defaults(func=_up)
+    compose = lab.add_parser("compose", help="write a docker-compose deployment of a topology")
+    compose.add_argument("topology", help="topology file")
+    compose.add_argument("--out", default=".", help="where docker-compose.yml goes (default: .)")
+    compose.add_argument(
+        "--config-dir",
+        default="deploy/lab",
+        help="configuration folder, relative to --out (default: deploy/lab)",
+    )
+    compose.set_defaults(func=_compose)
     st = lab.add_parser("status", help="processes and the controller's view of a lab")
     _add_dir(st)
     st.add_argument("--format", choices=("table", "json"), default="table")
