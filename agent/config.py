@@ -34,7 +34,7 @@ Example::
       default_key_size: 256         # bits; sizes are multiples of 8 within [min_key_size, max_key_size]
       min_key_size: 64
       max_key_size: 4096
-      max_keys_per_request: 128     # status field max_key_per_request
+      max_keys_per_request: 128     # status field max_key_per_request (at most 4096)
       max_key_count: 100000         # status field max_key_count
       peer_timeout_s: 5
       peers:                        # the KMEs at the far end of this node's links, by qkdn_id
@@ -368,7 +368,7 @@ def _parse_kme(top: _Reader, name: str, node_id: str, base: Path) -> KmeConfig:
         default_key_size=default_size,
         min_key_size=min_size,
         max_key_size=max_size,
-        max_keys_per_request=k.int("max_keys_per_request", 128, lo=1, hi=10_000),
+        max_keys_per_request=k.int("max_keys_per_request", 128, lo=1, hi=4096),
         max_key_count=k.int("max_key_count", 100_000, lo=1, hi=2**31 - 1),
         peer_timeout_s=k.num("peer_timeout_s", 5.0, lo=0.1, hi=300),
         peers=tuple(peers),

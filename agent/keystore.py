@@ -39,7 +39,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -416,12 +416,21 @@ def _pack(acc: int, nbits: int) -> bytes:
 class KeyStore:
     """Per-link key blocks and the accounting of their consumption, persisted in one SQLite file."""
 
-    def __init__(self, path: Path, *, now: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, path: Path, *, now: Callable[[], float] = time.time, check_same_thread: bool = True
+    ) -> None:
+        """Open (creating if needed) the store at ``path``.
+
+        ``check_same_thread=False`` lets another thread finish a transaction opened with :meth:`begin`
+        (the caller serialises all use of the store).
+        """
         self._path = Path(path)
         self._now = now
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
-            conn = sqlite3.connect(self._path, isolation_level=None, timeout=5.0)
+            conn = sqlite3.connect(
+                self._path, isolation_level=None, timeout=5.0, check_same_thread=check_same_thread
+            )
         except (OSError, sqlite3.Error) as exc:
             raise KeyStoreError(f"cannot open key store {self._path}: {exc}") from exc
         self._conn: sqlite3.Connection | None = conn
@@ -615,6 +624,35 @@ class KeyStore:
         """The ranges of a link ``consumer`` consumed or discarded, in the order they were recorded."""
         with self.batch(f"read the ranges of {consumer} on link {qkdl_id}") as b:
             return b.ranges_of(qkdl_id, consumer)
+
+    def begin(self, what: str = "run a batch") -> KeyStoreBatch:
+        """Open a transaction and return its batch; end it with :meth:`commit` or :meth:`rollback`.
+
+        For callers that run the statements on one thread and the commit (its fsync) on another.
+        """
+        try:
+            conn = self._connection()
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error as exc:
+            raise KeyStoreError(f"key store {self._path}: cannot {what}: {exc}") from exc
+        return KeyStoreBatch(conn, self._now())
+
+    def commit(self) -> None:
+        """Commit the transaction :meth:`begin` opened; on failure it is rolled back and raised."""
+        conn = self._connection()
+        try:
+            conn.execute("COMMIT")
+        except sqlite3.Error as exc:
+            with suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+            raise KeyStoreError(f"key store {self._path}: commit failed: {exc}") from exc
+
+    def rollback(self) -> None:
+        """Roll back the transaction :meth:`begin` opened."""
+        try:
+            self._connection().execute("ROLLBACK")
+        except sqlite3.Error as exc:
+            raise KeyStoreError(f"key store {self._path}: rollback failed: {exc}") from exc
 
     @contextmanager
     def batch(self, what: str = "run a batch") -> Iterator[KeyStoreBatch]:

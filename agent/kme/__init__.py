@@ -1,0 +1,71 @@
+"""The node's key management entity (KME): ETSI GS QKD 014 V1.1.1 key delivery to SAEs.
+
+Modules: :mod:`~agent.kme.etsi014` (requests, responses and key_IDs, pure), :mod:`~agent.kme.authz`
+(who may get which keys, from the running 015 configuration, pure), :mod:`~agent.kme.store` (keys
+waiting for their slave and the request journal, in the key store database, with group commit),
+:mod:`~agent.kme.peer` (the KME-to-KME channel) and :mod:`~agent.kme.server` (the HTTPS server).
+
+Identity and authorisation
+--------------------------
+Every connection is mutual TLS against the network's CA (:mod:`qsdn.pki`). An SAE is the CommonName
+of its client certificate (:func:`qsdn.pki.sae_id_of`); a peer KME is the CommonName of its node
+certificate, which must be the ``kme_id`` configured for that node in ``kme.peers``. Which SAE may get
+which keys comes only from the CLIENT ``qkd_app`` entries in the running configuration
+(:mod:`agent.kme.authz`): the master (``server_app_id``) calls ``enc_keys``/``status``, each slave
+(``client_app_id``) calls ``dec_keys``; anything else is a 401.
+
+Direct links: one drawing end per link
+--------------------------------------
+Both ends of a PHYS link hold the same key blocks. Keys for a request are bits taken from them, and
+the two KMEs must take *the same* bits, exactly once. Both ends may serve masters at the same time
+(an SAE at each end), so if each end drew on its own they would take the same bits for different
+requests. qsdn therefore lets only one end draw: the end with the lower ``qkdn_id`` (as the emulated
+driver's transmitter), with :meth:`agent.keystore.KeyStore.consume`. The other end never draws; it
+consumes exactly the ranges it is told about (:meth:`agent.keystore.KeyStore.consume_ranges`), in any
+order, so concurrent requests need no ordering between the two KMEs.
+
+* Master at the drawing end: draw and journal the request (one transaction), send ``deliver`` (ranges
+  and a SHA-256 digest of the key material) to the peer, which consumes the same ranges, checks the
+  digest and keeps the keys for the slave; then answer the master.
+* Master at the other end: journal the request, send ``draw``; the peer draws, keeps the keys for the
+  slave and answers with the ranges and digest; consume the same ranges here, check the digest, answer.
+
+Either way one round trip between the KMEs per request (shared with concurrent requests: the peer
+channel batches), and every transaction is on disk before the SAE gets a key, so a crash or power cut
+never hands out the same bits twice. A request's key_IDs follow from its first key_ID
+(:func:`agent.kme.etsi014.new_request_id`), so the peers exchange one id per request and the slave's
+keys are one row.
+
+Exactly once, and what happens on failure
+-----------------------------------------
+``dec_keys`` returns a key once and erases it; the master's end never keeps key material (its journal
+holds ranges only, and is gone when the request completes). If anything fails after bits were taken -
+no answer, a refusal, a divergence (the digests differ: logged, raised as a CRITICAL 015 ``alarm``,
+503 to the SAE) - the request's bits are recorded as *discarded* in the accounting at this end and an
+``abort`` is retried until the peer answers; the peer erases its keys for the request and discards
+the same ranges, and both ends end up having used up the same bits, each accounted for. A request
+still pending when the agent stops is aborted at the next start.
+
+Relaying over VIRT links (not implemented yet; how it fits)
+-----------------------------------------------------------
+A VIRT backing link answers 503 today. The peer channel is built so that trusted relaying is one more
+op on the same batches: the master's node draws a fresh key, and for each hop sends ``relay`` to the
+next node's KME with the key one-time-padded by ranges of that hop's PHYS link (drawn by the hop's
+drawing end: directly when it is the sender, with a ``reserve`` op otherwise), the same request id,
+the end-to-end digest and the path. Each relay consumes its incoming hop's ranges with
+``consume_ranges`` and forwards over its next hop; the last node keeps the keys for the slave and
+checks the digest. Accounting tags (``kme:<request_id>``) and the ``abort`` op are per request, so an
+abort travels back along the path and every hop discards exactly its ranges. Relay capacity would
+follow ``virt_bandwidth`` (a token bucket per VIRT link at the first node), and relays would be
+authorised by the INTERNAL applications the controller writes on them.
+
+Limits
+------
+``max_SAE_ID_count`` is 0: ``additional_slave_SAE_IDs`` (key multicast) is refused with a 400. SKIP is
+not implemented. Keys waiting for a slave whose application is then removed can no longer be fetched
+(401) and stay in the store; sweeping them (and discarding their bits) is future work.
+"""
+
+from agent.kme.server import KmeServer, KmeStats
+
+__all__ = ["KmeServer", "KmeStats"]

@@ -1,0 +1,220 @@
+"""Who may get which keys, read from the node's running ETSI GS QKD 015 configuration (pure).
+
+The controller provisions a key session by writing a CLIENT ``qkd_app`` on both end nodes
+(SYSTEM.md section 2, step 3): ``server_app_id`` is the master SAE, ``client_app_id`` the slave SAE(s),
+``backing_qkdl_id`` the link the keys come from, ``local_qkdn_id`` the node itself and
+``remote_qkdn_id`` the far node. At this node such an application means:
+
+* the master SAE may call ``status`` and ``enc_keys`` for each of its slaves: the keys are drawn from
+  the backing link and shared with the KME of ``remote_qkdn_id``;
+* each slave SAE may call ``dec_keys`` for keys that master's session left here.
+
+Any other SAE, or another pair, is refused (401). Only CLIENT applications count; INTERNAL ones belong
+to the network (relaying). The application must name this node as ``local_qkdn_id``.
+
+The application is the same at both ends (local and remote swapped), so the 015 data does not say at
+which of the two nodes the master SAE is attached: a master may open its session at either end, and
+its keys then wait for the slave at the other. That is harmless (both SAEs are entitled to the keys)
+and is how the KME behaves whichever way round the SAEs are cabled.
+
+Backing links: the first of ``backing_qkdl_id`` that is a PHYS link of this node is used. A VIRT link
+needs key relaying through trusted nodes, which is not available yet (503). A PHYS link must be
+enabled and join this node to ``remote_qkdn_id``.
+
+The parsed view is cached per running configuration (the datastore hands out the same string until it
+changes), so a request costs a dictionary lookup.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+
+from lxml import etree
+
+from agent.datastore import wrap
+
+__all__ = ["AppGrant", "Authorisation", "LinkInfo", "Route", "authorisation"]
+
+NS = "urn:etsi:qkd:yang:etsi-qkd-node"
+TYPES_NS = "urn:etsi:qkd:yang:etsi-qkd-node-types"
+
+
+def _q(name: str) -> str:
+    return f"{{{NS}}}{name}"
+
+
+def _text(el: etree._Element | None, *path: str) -> str | None:
+    cur = el
+    for p in path:
+        if cur is None:
+            return None
+        cur = cur.find(_q(p))
+    if cur is None or cur.text is None:
+        return None
+    return cur.text.strip()
+
+
+def _identity(el: etree._Element, name: str) -> str | None:
+    leaf = el.find(_q(name))
+    if leaf is None or not leaf.text:
+        return None
+    value = leaf.text.strip()
+    if ":" in value:
+        prefix, local = value.split(":", 1)
+        if leaf.nsmap.get(prefix) not in (TYPES_NS, None):
+            return None
+        return local
+    return value
+
+
+@dataclass(frozen=True)
+class LinkInfo:
+    qkdl_id: str
+    kind: str  # "PHYS" or "VIRT"
+    enabled: bool
+    remote_qkdn_id: str | None
+
+
+@dataclass(frozen=True)
+class AppGrant:
+    app_id: str
+    master: str
+    slaves: frozenset[str]
+    backing: tuple[str, ...]
+    remote_qkdn_id: str | None
+
+
+@dataclass(frozen=True)
+class Route:
+    """Where the keys of a session come from: a PHYS link to the peer node."""
+
+    app: AppGrant
+    qkdl_id: str
+    peer_qkdn_id: str
+
+
+class RouteError(Exception):
+    """The application exists but its keys cannot be served now; ``relay`` if it needs key relaying."""
+
+    def __init__(self, message: str, *, relay: bool = False) -> None:
+        super().__init__(message)
+        self.relay = relay
+
+
+@dataclass(frozen=True)
+class Authorisation:
+    node_id: str
+    links: dict[str, LinkInfo] = field(default_factory=dict)
+    by_pair: dict[tuple[str, str], tuple[AppGrant, ...]] = field(default_factory=dict)
+
+    def apps(self, master: str, slave: str) -> tuple[AppGrant, ...]:
+        """CLIENT applications at this node for the ``master`` -> ``slave`` pair, by app_id."""
+        return self.by_pair.get((master, slave), ())
+
+    def route(self, master: str, slave: str) -> Route:
+        """The PHYS link the pair's keys come from; :class:`RouteError` if none can serve now."""
+        apps = self.apps(master, slave)
+        if not apps:
+            raise LookupError(f"no application for {master} -> {slave}")
+        problems: list[str] = []
+        relay = False
+        for app in apps:
+            if not app.backing:
+                problems.append(f"application {app.app_id} has no backing_qkdl_id")
+                continue
+            if app.remote_qkdn_id is None:
+                problems.append(f"application {app.app_id} has no remote_qkdn_id")
+                continue
+            for qkdl_id in app.backing:
+                link = self.links.get(qkdl_id)
+                if link is None:
+                    problems.append(
+                        f"application {app.app_id}: backing link {qkdl_id} is not configured here"
+                    )
+                elif link.kind == "VIRT":
+                    relay = True
+                    problems.append(
+                        f"application {app.app_id}: backing link {qkdl_id} is VIRT, and key relaying"
+                        " through trusted nodes is not available yet"
+                    )
+                elif link.kind != "PHYS":
+                    problems.append(f"application {app.app_id}: backing link {qkdl_id} has no qkdl_type")
+                elif not link.enabled:
+                    problems.append(f"application {app.app_id}: backing link {qkdl_id} is disabled")
+                elif link.remote_qkdn_id != app.remote_qkdn_id:
+                    problems.append(
+                        f"application {app.app_id}: backing link {qkdl_id} goes to node"
+                        f" {link.remote_qkdn_id}, not to the application's remote_qkdn_id"
+                        f" {app.remote_qkdn_id}"
+                    )
+                else:
+                    return Route(app, qkdl_id, link.remote_qkdn_id)
+        raise RouteError("; ".join(problems), relay=relay)
+
+    def peer_may_share(self, peer: str, qkdl_id: str, master: str, slave: str) -> str | None:
+        """Why the KME of node ``peer`` may not share keys of ``master`` -> ``slave`` over ``qkdl_id``
+        with this node (``None``: it may)."""
+        link = self.links.get(qkdl_id)
+        if link is None or link.kind != "PHYS":
+            return f"link {qkdl_id} is not a PHYS link of this node"
+        if link.remote_qkdn_id != peer:
+            return f"link {qkdl_id} does not join this node to node {peer}"
+        if not link.enabled:
+            return f"link {qkdl_id} is disabled"
+        for app in self.apps(master, slave):
+            if qkdl_id in app.backing and app.remote_qkdn_id == peer:
+                return None
+        return f"no CLIENT application here for {master} -> {slave} over link {qkdl_id} with node {peer}"
+
+
+@functools.lru_cache(maxsize=8)
+def authorisation(running_xml: str, node_id: str) -> Authorisation:
+    """The authorisation view of a running configuration (cached; do not modify the result)."""
+    node_id = node_id.lower()
+    links: dict[str, LinkInfo] = {}
+    pairs: dict[tuple[str, str], list[AppGrant]] = {}
+    node = wrap(running_xml).find(_q("qkd_node")) if running_xml.strip() else None
+    if node is not None:
+        for link in node.iterfind(f"{_q('qkd_links')}/{_q('qkd_link')}"):
+            qkdl_id = _text(link, "qkdl_id")
+            if qkdl_id is None:
+                continue
+            kind = _identity(link, "qkdl_type") or ""
+            remote = _text(link, "qkdl_remote", "qkdn_id")
+            links[qkdl_id] = LinkInfo(
+                qkdl_id=qkdl_id,
+                kind=kind,
+                enabled=_text(link, "qkdl_enable") != "false",
+                remote_qkdn_id=remote.lower() if remote else None,
+            )
+        for app in node.iterfind(f"{_q('qkd_applications')}/{_q('qkd_app')}"):
+            app_id = _text(app, "app_id")
+            master = _text(app, "server_app_id")
+            if app_id is None or master is None or _identity(app, "app_type") != "CLIENT":
+                continue
+            local = _text(app, "local_qkdn_id")
+            if local is None or local.lower() != node_id:
+                continue
+            remote = _text(app, "remote_qkdn_id")
+            slaves = frozenset(
+                (e.text or "").strip() for e in app.iterfind(_q("client_app_id")) if (e.text or "").strip()
+            )
+            grant = AppGrant(
+                app_id=app_id,
+                master=master,
+                slaves=slaves,
+                backing=tuple(
+                    (e.text or "").strip()
+                    for e in app.iterfind(_q("backing_qkdl_id"))
+                    if (e.text or "").strip()
+                ),
+                remote_qkdn_id=remote.lower() if remote else None,
+            )
+            for slave in slaves:
+                pairs.setdefault((master, slave), []).append(grant)
+    return Authorisation(
+        node_id=node_id,
+        links=links,
+        by_pair={k: tuple(sorted(v, key=lambda a: a.app_id)) for k, v in pairs.items()},
+    )
