@@ -184,6 +184,7 @@ class DatastoreManager:
         """Write (or remove) every queued file now, durably."""
         with self._sync_lock:
             pending, self._pending = self._pending, {}
+
         # The rollback file of a confirmed commit goes to disk before the running it protects, and
         # is removed after it, so a crash never leaves an unconfirmed running without its rollback.
         def order(item: tuple[Path, str | None]) -> int:

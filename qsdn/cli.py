@@ -81,7 +81,6 @@ def _controller_run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await run_controller(cfg, stop)
 
-
     asyncio.run(main())
     return 0
 

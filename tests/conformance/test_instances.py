@@ -62,7 +62,8 @@ def test_catalogue_is_large_enough_and_covers_both_encodings() -> None:
         assert {Path(n).suffix for n in names} == {".xml", ".json"}
     assert all(n.startswith("invalid-") for n in INVALID_INSTANCES)
     assert {"session-abc-node-a.xml", "session-abc-node-b.xml", "session-abc-node-c.json"} <= set(
-        VALID_INSTANCES)
+        VALID_INSTANCES
+    )
 
 
 # ------------------------------------------------------------------------------------------------
@@ -108,8 +109,13 @@ def test_xml_json_round_trip(ctx: libyang.Context, name: str) -> None:
     """Printing a valid document in the other encoding and parsing it back gives the same tree."""
     path = VALID_DIR / name
     no_state = VALID_INSTANCES[name] == "config"
-    tree = ctx.parse_data_mem(path.read_text(encoding="utf-8"), data_format(path), strict=True,
-                              no_state=no_state, validate_present=True)
+    tree = ctx.parse_data_mem(
+        path.read_text(encoding="utf-8"),
+        data_format(path),
+        strict=True,
+        no_state=no_state,
+        validate_present=True,
+    )
     assert tree is not None
     try:
         other = "xml" if data_format(path) == "json" else "json"

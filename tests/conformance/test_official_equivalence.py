@@ -53,10 +53,9 @@ TFS_VARIANT_DIR = OFFICIAL_YANG_DIR / "variants" / "tfs-mock-qkd-node"
 
 # The fix, as (official text, qsdn text) pairs: each must occur exactly once in the official module.
 WHEN_FIX = (
-    ('when "qkdl_type = \'VIRT\'"', "when \"derived-from-or-self(qkdl_type, 'etsi-qkdn-types:VIRT')\""),
-    ('when "qkdl_type = \'PHYS\'"', "when \"derived-from-or-self(qkdl_type, 'etsi-qkdn-types:PHYS')\""),
-    ('when "../qkdl_type = \'PHYS\'"',
-     "when \"derived-from-or-self(../qkdl_type, 'etsi-qkdn-types:PHYS')\""),
+    ("when \"qkdl_type = 'VIRT'\"", "when \"derived-from-or-self(qkdl_type, 'etsi-qkdn-types:VIRT')\""),
+    ("when \"qkdl_type = 'PHYS'\"", "when \"derived-from-or-self(qkdl_type, 'etsi-qkdn-types:PHYS')\""),
+    ("when \"../qkdl_type = 'PHYS'\"", "when \"derived-from-or-self(../qkdl_type, 'etsi-qkdn-types:PHYS')\""),
     # derived-from-or-self() is a YANG 1.1 XPath function.
     ('yang-version "1";', 'yang-version "1.1";'),
 )
@@ -84,7 +83,10 @@ def official_with_when_fix() -> str:
 def pyang_tree(module: Path, search_dir: Path) -> str:
     result = subprocess.run(
         [pyang_exe(), "-f", "tree", "-p", str(search_dir), "-p", str(IETF_DIR), str(module)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     return result.stdout
@@ -95,8 +97,9 @@ def test_pyang_tree_identical() -> None:
     ours = pyang_tree(YANG_DIR / NODE_MODULE, YANG_DIR)
     official = pyang_tree(OFFICIAL_YANG_DIR / NODE_MODULE, OFFICIAL_YANG_DIR)
     assert ours.startswith("module: etsi-qkd-sdn-node\n")
-    assert ours == official, "\n".join(difflib.unified_diff(official.splitlines(), ours.splitlines(),
-                                                            "official", "qsdn", lineterm=""))
+    assert ours == official, "\n".join(
+        difflib.unified_diff(official.splitlines(), ours.splitlines(), "official", "qsdn", lineterm="")
+    )
 
 
 PROSE = frozenset({"description", "reference", "organization", "contact"})
@@ -136,16 +139,24 @@ def test_node_module_differs_only_by_declared_deviations() -> None:
     assert len(ours) == len(official)
     differences = sorted((o, q) for o, q in zip(official, ours, strict=True) if o != q)
     link = "/grouping qkd_links/container qkd_links/list qkd_link"
-    assert differences == sorted([
-        ("/yang-version 1", "/yang-version 1.1"),
-        (f"{link}/uses virtual_link_spec/when qkdl_type = 'VIRT'",
-         f"{link}/uses virtual_link_spec/when derived-from-or-self(qkdl_type, 'etsi-qkdn-types:VIRT')"),
-        (f"{link}/uses physical_link_spec/when qkdl_type = 'PHYS'",
-         f"{link}/uses physical_link_spec/when derived-from-or-self(qkdl_type, 'etsi-qkdn-types:PHYS')"),
-        (f"{link}/container qkdl_performance/uses physical_link_perf/when ../qkdl_type = 'PHYS'",
-         f"{link}/container qkdl_performance/uses physical_link_perf/when "
-         "derived-from-or-self(../qkdl_type, 'etsi-qkdn-types:PHYS')"),
-    ])
+    assert differences == sorted(
+        [
+            ("/yang-version 1", "/yang-version 1.1"),
+            (
+                f"{link}/uses virtual_link_spec/when qkdl_type = 'VIRT'",
+                f"{link}/uses virtual_link_spec/when derived-from-or-self(qkdl_type, 'etsi-qkdn-types:VIRT')",
+            ),
+            (
+                f"{link}/uses physical_link_spec/when qkdl_type = 'PHYS'",
+                f"{link}/uses physical_link_spec/when derived-from-or-self(qkdl_type, 'etsi-qkdn-types:PHYS')",
+            ),
+            (
+                f"{link}/container qkdl_performance/uses physical_link_perf/when ../qkdl_type = 'PHYS'",
+                f"{link}/container qkdl_performance/uses physical_link_perf/when "
+                "derived-from-or-self(../qkdl_type, 'etsi-qkdn-types:PHYS')",
+            ),
+        ]
+    )
 
 
 def test_our_when_conditions_equal_the_test_time_fix() -> None:
@@ -205,14 +216,16 @@ def ours_ctx() -> Iterator[libyang.Context]:
 
 
 @pytest.mark.parametrize(("name", "kind"), sorted(VALID_INSTANCES.items()))
-def test_valid_instance_valid_under_fixed_official(fixed_official_ctx: libyang.Context, name: str,
-                                                   kind: str) -> None:
+def test_valid_instance_valid_under_fixed_official(
+    fixed_official_ctx: libyang.Context, name: str, kind: str
+) -> None:
     validate_instance(fixed_official_ctx, VALID_DIR / name, kind)
 
 
 @pytest.mark.parametrize("name", sorted(INVALID_INSTANCES))
-def test_invalid_instance_invalid_under_fixed_official(fixed_official_ctx: libyang.Context,
-                                                       name: str) -> None:
+def test_invalid_instance_invalid_under_fixed_official(
+    fixed_official_ctx: libyang.Context, name: str
+) -> None:
     rejection = INVALID_INSTANCES[name]
     with pytest.raises(libyang.LibyangError) as excinfo:
         validate_instance(fixed_official_ctx, INVALID_DIR / name, rejection.kind)
@@ -223,8 +236,9 @@ def test_invalid_instance_invalid_under_fixed_official(fixed_official_ctx: libya
 # The defect, documented
 # ------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("name", ["phys-link-full.xml", "session-abc-node-a.xml", "session-abc-node-b.xml"])
-def test_unfixed_official_rejects_valid_links(ours_ctx: libyang.Context,
-                                                  unfixed_official_ctx: libyang.Context, name: str) -> None:
+def test_unfixed_official_rejects_valid_links(
+    ours_ctx: libyang.Context, unfixed_official_ctx: libyang.Context, name: str
+) -> None:
     kind = VALID_INSTANCES[name]
     validate_instance(ours_ctx, VALID_DIR / name, kind)
     with pytest.raises(libyang.LibyangError) as excinfo:
@@ -233,7 +247,8 @@ def test_unfixed_official_rejects_valid_links(ours_ctx: libyang.Context,
 
 
 def test_unfixed_official_accepts_node_without_dependent_leaves(
-        unfixed_official_ctx: libyang.Context) -> None:
+    unfixed_official_ctx: libyang.Context,
+) -> None:
     """Only the dependent leaves trip the condition: a bare node is fine, so the defect is the `when`."""
     validate_instance(unfixed_official_ctx, VALID_DIR / "node-minimal.xml", "config")
 
@@ -270,10 +285,15 @@ def numbers_from_strings(value: Any, schema: libyang.SNode | None) -> Any:
     if isinstance(value, dict):
         assert schema is not None
         children = {child.name(): child for child in schema.children()}
-        return {key: numbers_from_strings(item, children.get(key.rsplit(":", 1)[-1]))
-                for key, item in value.items()}
-    if isinstance(value, str) and isinstance(schema, libyang.SLeaf | libyang.SLeafList) \
-            and schema.type().basename() in INTEGER_TYPES:
+        return {
+            key: numbers_from_strings(item, children.get(key.rsplit(":", 1)[-1]))
+            for key, item in value.items()
+        }
+    if (
+        isinstance(value, str)
+        and isinstance(schema, libyang.SLeaf | libyang.SLeafList)
+        and schema.type().basename() in INTEGER_TYPES
+    ):
         return int(value)
     return value
 
@@ -282,8 +302,9 @@ def numbers_from_strings(value: Any, schema: libyang.SNode | None) -> Any:
 def test_tfs_node_data_rejected_for_strings_in_numbers(ours_ctx: libyang.Context, name: str) -> None:
     document = tfs_node_document(name)
     with pytest.raises(libyang.LibyangError, match="Invalid non-number-encoded uint32 value"):
-        ours_ctx.parse_data_mem(json.dumps(document), "json", strict=True, no_state=True,
-                                validate_present=True)
+        ours_ctx.parse_data_mem(
+            json.dumps(document), "json", strict=True, no_state=True, validate_present=True
+        )
 
 
 @pytest.mark.parametrize("name", TFS_NODES)
@@ -292,12 +313,14 @@ def test_tfs_node_data_accepted_with_numbers(ours_ctx: libyang.Context, name: st
     node = next(ours_ctx.find_path("/etsi-qkd-sdn-node:qkd_node"))
     fixed = {"etsi-qkd-sdn-node:qkd_node": numbers_from_strings(document["etsi-qkd-sdn-node:qkd_node"], node)}
     assert fixed != document
-    tree = ours_ctx.parse_data_mem(json.dumps(fixed), "json", strict=True, no_state=True,
-                                   validate_present=True)
+    tree = ours_ctx.parse_data_mem(
+        json.dumps(fixed), "json", strict=True, no_state=True, validate_present=True
+    )
     assert tree is not None
     try:
-        interfaces = json.loads(tree.print_mem("json", with_siblings=True))[
-            "etsi-qkd-sdn-node:qkd_node"]["qkd_interfaces"]["qkd_interface"]
+        interfaces = json.loads(tree.print_mem("json", with_siblings=True))["etsi-qkd-sdn-node:qkd_node"][
+            "qkd_interfaces"
+        ]["qkd_interface"]
         assert all(isinstance(itf["qkdi_id"], int) for itf in interfaces)
     finally:
         tree.free()

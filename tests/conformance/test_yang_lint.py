@@ -35,12 +35,16 @@ IGNORED_CODES = frozenset({"LINT_NOT_HYPHENATED"})
 
 # (module file, code) -> why the finding is accepted.
 KNOWN_FINDINGS: dict[tuple[str, str], str] = {
-    ("etsi-qkd-sdn-node@2022-01-30.yang", "LINT_TOP_MANDATORY"):
-        "ETSI GS QKD 015 makes qkd_node/qkdn_id mandatory, so the top-level container is mandatory "
-        "(RFC 8407 section 4.10); changing it would change the standard's schema",
-    ("notifications@2008-07-14.yang", "LINT_NO_MODULENAME_PREFIX"):
-        "the module name 'notifications' is the one NETCONF tooling expects for RFC 5277 "
-        "(RFC 8407 section 4.1 asks for an SDO prefix)",
+    (
+        "etsi-qkd-sdn-node@2022-01-30.yang",
+        "LINT_TOP_MANDATORY",
+    ): "ETSI GS QKD 015 makes qkd_node/qkdn_id mandatory, so the top-level container is mandatory "
+    "(RFC 8407 section 4.10); changing it would change the standard's schema",
+    (
+        "notifications@2008-07-14.yang",
+        "LINT_NO_MODULENAME_PREFIX",
+    ): "the module name 'notifications' is the one NETCONF tooling expects for RFC 5277 "
+    "(RFC 8407 section 4.1 asks for an SDO prefix)",
 }
 
 FINDING = re.compile(r"^(?P<file>.+?):(?P<line>\d+): (?P<level>error|warning): (?P<code>[A-Z0-9_]+)$")
@@ -59,18 +63,23 @@ def pyang_exe() -> str:
 def run_pyang(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [pyang_exe(), "-p", str(YANG_DIR), "-p", str(IETF_DIR), *args],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
 
 
 def test_module_files_are_the_expected_ones() -> None:
-    assert [f.name for f in MODULE_FILES] == sorted([
-        "etsi-qkd-node-types@2022-01-30.yang",
-        "etsi-qkd-sdn-node@2022-01-30.yang",
-        EMULATION_MODULE,
-        NOTIFICATIONS_MODULE,
-        "qsdn-orchestrator@2026-11-28.yang",
-    ])
+    assert [f.name for f in MODULE_FILES] == sorted(
+        [
+            "etsi-qkd-node-types@2022-01-30.yang",
+            "etsi-qkd-sdn-node@2022-01-30.yang",
+            EMULATION_MODULE,
+            NOTIFICATIONS_MODULE,
+            "qsdn-orchestrator@2026-11-28.yang",
+        ]
+    )
 
 
 def test_ietf_imports_come_from_pyang_not_from_yang_dir() -> None:
@@ -96,8 +105,13 @@ def test_pyang_lint_strict(module: Path) -> None:
     if unexpected:
         # Re-run without --print-error-code so the failure shows pyang's own explanation.
         readable = run_pyang("--lint", "--strict", str(module))
-        pytest.fail("pyang --lint --strict findings:\n" + "\n".join(unexpected)
-                    + "\n\npyang says:\n" + readable.stdout + readable.stderr)
+        pytest.fail(
+            "pyang --lint --strict findings:\n"
+            + "\n".join(unexpected)
+            + "\n\npyang says:\n"
+            + readable.stdout
+            + readable.stderr
+        )
 
 
 def test_known_findings_still_apply() -> None:
@@ -114,7 +128,10 @@ def test_yanglint_accepts_module_without_warnings(module: Path) -> None:
         pytest.skip("yanglint is not installed")
     result = subprocess.run(
         [exe, "-D", "-p", str(YANG_DIR), "-p", str(IETF_DIR), str(module)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
     assert result.stderr.strip() == "", result.stderr
@@ -136,10 +153,12 @@ def test_libyang_loads_all_modules_together() -> None:
 def test_libyang_rejects_identity_of_import_only_types_module() -> None:
     """Agents must implement etsi-qkd-node-types, or no identity value is valid (RFC 7950, 9.10.2)."""
     ctx = make_context(YANG_DIR, IETF_DIR, modules=("etsi-qkd-sdn-node",))
-    doc = ('<qkd_node xmlns="urn:etsi:qkd:yang:etsi-qkd-node"'
-           ' xmlns:t="urn:etsi:qkd:yang:etsi-qkd-node-types">'
-           '<qkdn_id>aaaaaaaa-0000-4000-8000-000000000001</qkdn_id><qkdn_status>t:NEW</qkdn_status>'
-           '</qkd_node>')
+    doc = (
+        '<qkd_node xmlns="urn:etsi:qkd:yang:etsi-qkd-node"'
+        ' xmlns:t="urn:etsi:qkd:yang:etsi-qkd-node-types">'
+        "<qkdn_id>aaaaaaaa-0000-4000-8000-000000000001</qkdn_id><qkdn_status>t:NEW</qkdn_status>"
+        "</qkd_node>"
+    )
     try:
         with pytest.raises(libyang.LibyangError, match='identity found in non-implemented module "etsi-qkd'):
             ctx.parse_data_mem(doc, "xml", strict=True)

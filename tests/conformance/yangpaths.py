@@ -88,55 +88,70 @@ class Rejection:
 
 
 INVALID_INSTANCES: dict[str, Rejection] = {
-    "invalid-string-for-uint32.json": Rejection(
-        "config", 'Invalid non-number-encoded uint32 value "100"'),
+    "invalid-string-for-uint32.json": Rejection("config", 'Invalid non-number-encoded uint32 value "100"'),
     "invalid-phys-leaf-on-virt-link.xml": Rejection(
-        "config", "When condition \"derived-from-or-self(qkdl_type, 'etsi-qkdn-types:PHYS')\" not satisfied"),
+        "config", "When condition \"derived-from-or-self(qkdl_type, 'etsi-qkdn-types:PHYS')\" not satisfied"
+    ),
     "invalid-virt-leaf-on-phys-link.json": Rejection(
-        "config", "When condition \"derived-from-or-self(qkdl_type, 'etsi-qkdn-types:VIRT')\" not satisfied"),
+        "config", "When condition \"derived-from-or-self(qkdl_type, 'etsi-qkdn-types:VIRT')\" not satisfied"
+    ),
     "invalid-phys-perf-on-virt-link.xml": Rejection(
-        "data",
-        "When condition \"derived-from-or-self(../qkdl_type, 'etsi-qkdn-types:PHYS')\" not satisfied"),
+        "data", "When condition \"derived-from-or-self(../qkdl_type, 'etsi-qkdn-types:PHYS')\" not satisfied"
+    ),
     "invalid-qsdn-faults-on-virt-link.xml": Rejection(
         "config",
-        "When condition \"derived-from-or-self(etsi-qkdn:qkdl_type, 'etsi-qkdn-types:PHYS')\" not satisfied"),
+        "When condition \"derived-from-or-self(etsi-qkdn:qkdl_type, 'etsi-qkdn-types:PHYS')\" not satisfied",
+    ),
     "invalid-bad-identity.xml": Rejection(
-        "config", 'Invalid identityref "etsi-qkdn-types:WORMHOLE" value - identity not found'),
+        "config", 'Invalid identityref "etsi-qkdn-types:WORMHOLE" value - identity not found'
+    ),
     "invalid-identity-wrong-base.json": Rejection(
-        "config", 'identity not derived from the base "etsi-qkd-node-types:QKD-LINK-TYPES"'),
+        "config", 'identity not derived from the base "etsi-qkd-node-types:QKD-LINK-TYPES"'
+    ),
     "invalid-unqualified-identity.json": Rejection(
-        "config", 'Invalid identityref "PHYS" value - identity not found in module "etsi-qkd-sdn-node"'),
+        "config", 'Invalid identityref "PHYS" value - identity not found in module "etsi-qkd-sdn-node"'
+    ),
     "invalid-missing-key.xml": Rejection("config", 'List instance is missing its key "qkdl_id"'),
     "invalid-duplicate-key.json": Rejection("config", 'Duplicate instance of "qkd_interface"'),
     "invalid-missing-qkdn-id.json": Rejection("config", 'Mandatory node "qkdn_id" instance does not exist'),
     "invalid-unknown-leaf.xml": Rejection(
-        "config", 'Node "qkdl_auth_status" not found as a child of "qkd_link" node'),
+        "config", 'Node "qkdl_auth_status" not found as a child of "qkd_link" node'
+    ),
     "invalid-state-leaf-in-config.xml": Rejection("config", 'Unexpected data state node "qkdn_status" found'),
     "invalid-bad-uuid.xml": Rejection("config", 'Unsatisfied pattern - "node-a" does not conform'),
     "invalid-wavelength-pattern.xml": Rejection("config", 'Unsatisfied pattern - "1550nm" does not conform'),
     "invalid-too-many-fraction-digits.xml": Rejection(
-        "config", 'Value "3.14159" of decimal64 type exceeds defined number (3) of fraction digits'),
+        "config", 'Value "3.14159" of decimal64 type exceeds defined number (3) of fraction digits'
+    ),
     "invalid-uint32-overflow.json": Rejection(
-        "config", 'Value "4294967296" is out of type uint32 min/max bounds'),
-    "invalid-boolean-as-string.json": Rejection(
-        "config", 'Invalid non-boolean-encoded boolean value "true"'),
+        "config", 'Value "4294967296" is out of type uint32 min/max bounds'
+    ),
+    "invalid-boolean-as-string.json": Rejection("config", 'Invalid non-boolean-encoded boolean value "true"'),
     "invalid-leaf-list-not-array.json": Rejection(
-        "config", 'The leaf-list "virt_next_hop" is expected to be represented as JSON name/array'),
+        "config", 'The leaf-list "virt_next_hop" is expected to be represented as JSON name/array'
+    ),
     "invalid-top-level-not-qualified.json": Rejection(
-        "config", 'Top-level JSON object member "qkd_node" must be namespace-qualified'),
+        "config", 'Top-level JSON object member "qkd_node" must be namespace-qualified'
+    ),
     "invalid-eavesdropper-out-of-range.xml": Rejection(
-        "config", 'Unsatisfied range - value "1.5" is out of the allowed range'),
+        "config", 'Unsatisfied range - value "1.5" is out of the allowed range'
+    ),
     "invalid-qber-out-of-range.json": Rejection(
-        "data", 'Unsatisfied range - value "1.2" is out of the allowed range'),
+        "data", 'Unsatisfied range - value "1.2" is out of the allowed range'
+    ),
     "invalid-negative-fibre-length.xml": Rejection(
-        "data", 'Unsatisfied range - value "-5.0" is out of the allowed range'),
+        "data", 'Unsatisfied range - value "-5.0" is out of the allowed range'
+    ),
     "invalid-unknown-band.json": Rejection("data", 'Invalid enumeration value "L"'),
     "invalid-peer-address-without-port.json": Rejection(
-        "data", 'Unsatisfied pattern - "node-b.example" does not conform'),
+        "data", 'Unsatisfied pattern - "node-b.example" does not conform'
+    ),
     "invalid-create-subscription-bad-time.xml": Rejection(
-        "rpc", 'Unsatisfied pattern - "yesterday" does not conform'),
+        "rpc", 'Unsatisfied pattern - "yesterday" does not conform'
+    ),
     "invalid-notif-unknown-leaf.json": Rejection(
-        "notif", 'Node "qkdl_status" not found as a child of "qkd_link" node'),
+        "notif", 'Node "qkdl_status" not found as a child of "qkd_link" node'
+    ),
 }
 
 
