@@ -36,6 +36,7 @@ The database runs in WAL mode.
 from __future__ import annotations
 
 import logging
+import os
 import sqlite3
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -428,6 +429,10 @@ class KeyStore:
         self._now = now
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
+            # Key material: the database (and SQLite's -wal/-shm files, which take its mode) is
+            # readable by the agent's user only, whatever the umask.
+            os.close(os.open(self._path, os.O_RDWR | os.O_CREAT, 0o600))
+            os.chmod(self._path, 0o600)
             conn = sqlite3.connect(
                 self._path, isolation_level=None, timeout=5.0, check_same_thread=check_same_thread
             )

@@ -226,3 +226,18 @@ def test_key_material_never_in_repr_or_logs(store: KeyStore, caplog: pytest.LogC
     for needle in (secret.hex(), secret[:8].hex(), repr(secret[:8]), repr(got.key)):
         assert needle not in text
     assert "key=" not in repr(got)
+
+
+def test_key_store_file_is_private_whatever_the_umask(tmp_path: Path) -> None:
+    import os
+    import stat
+
+    old = os.umask(0)
+    try:
+        store = KeyStore(tmp_path / "keys.sqlite")
+        store.add_block("link-1", "b1", b"\x01" * 32)
+    finally:
+        os.umask(old)
+    for p in tmp_path.glob("keys.sqlite*"):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
+    store.close()
