@@ -5,7 +5,7 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh || exit 1
 
 set -e
-echo "== ruff"; .venv/bin/ruff check .
+echo "== ruff"; .venv/bin/ruff check . && .venv/bin/ruff format --check --quiet .
 echo "== mypy"; .venv/bin/mypy
 set +e
 echo "== pytest"
