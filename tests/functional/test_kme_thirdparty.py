@@ -30,8 +30,8 @@ The clients have bugs of their own; the KME is never weakened to please them:
 from __future__ import annotations
 
 import asyncio
-import json
 import base64
+import json
 import re
 import sys
 from collections.abc import AsyncIterator
