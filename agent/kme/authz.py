@@ -18,8 +18,8 @@ its keys then wait for the slave at the other. That is harmless (both SAEs are e
 and is how the KME behaves whichever way round the SAEs are cabled.
 
 Backing links: the first of ``backing_qkdl_id`` that is a PHYS link of this node is used. A VIRT link
-needs key relaying through trusted nodes, which is not available yet (503). A PHYS link must be
-enabled and join this node to ``remote_qkdn_id``.
+is served by trusted relay (:mod:`agent.kme.relay`, :meth:`Authorisation.virt_route`). A PHYS link
+must be enabled and join this node to ``remote_qkdn_id``.
 
 The parsed view is cached per running configuration (the datastore hands out the same string until it
 changes), so a request costs a dictionary lookup.
@@ -74,6 +74,10 @@ class LinkInfo:
     kind: str  # "PHYS" or "VIRT"
     enabled: bool
     remote_qkdn_id: str | None
+    local_qkdn_id: str | None = None
+    virt_prev_hop: str | None = None
+    virt_next_hop: str | None = None
+    virt_bandwidth: int | None = None
 
 
 @dataclass(frozen=True)
@@ -152,6 +156,23 @@ class Authorisation:
                     return Route(app, qkdl_id, link.remote_qkdn_id)
         raise RouteError("; ".join(problems), relay=relay)
 
+    def virt_route(self, master: str, slave: str) -> LinkInfo | None:
+        """The enabled VIRT link backing the pair's CLIENT application here, if the keys are relayed."""
+        for app in self.apps(master, slave):
+            for qkdl_id in app.backing:
+                link = self.links.get(qkdl_id)
+                if link is not None and link.kind == "VIRT" and link.enabled:
+                    return link
+        return None
+
+    def phys_to(self, node: str) -> LinkInfo | None:
+        """An enabled PHYS link of this node to the adjacent ``node`` (the lowest qkdl_id)."""
+        for qkdl_id in sorted(self.links):
+            link = self.links[qkdl_id]
+            if link.kind == "PHYS" and link.enabled and link.remote_qkdn_id == node:
+                return link
+        return None
+
     def peer_may_share(self, peer: str, qkdl_id: str, master: str, slave: str) -> str | None:
         """Why the KME of node ``peer`` may not share keys of ``master`` -> ``slave`` over ``qkdl_id``
         with this node (``None``: it may)."""
@@ -182,11 +203,18 @@ def authorisation(running_xml: str, node_id: str) -> Authorisation:
                 continue
             kind = _identity(link, "qkdl_type") or ""
             remote = _text(link, "qkdl_remote", "qkdn_id")
+            local = _text(link, "qkdl_local", "qkdn_id")
+            prev_hop, next_hop = _text(link, "virt_prev_hop"), _text(link, "virt_next_hop")
+            bandwidth = _text(link, "virt_bandwidth")
             links[qkdl_id] = LinkInfo(
                 qkdl_id=qkdl_id,
                 kind=kind,
                 enabled=_text(link, "qkdl_enable") != "false",
                 remote_qkdn_id=remote.lower() if remote else None,
+                local_qkdn_id=local.lower() if local else None,
+                virt_prev_hop=prev_hop.lower() if prev_hop else None,
+                virt_next_hop=next_hop.lower() if next_hop else None,
+                virt_bandwidth=int(bandwidth) if bandwidth and bandwidth.isdigit() else None,
             )
         for app in node.iterfind(f"{_q('qkd_applications')}/{_q('qkd_app')}"):
             app_id = _text(app, "app_id")

@@ -109,9 +109,35 @@ def down_and_check(lab_dir: Path, info: dict[str, Any]) -> None:
     assert after["state"] == "down" and after["controller"]["pid"] is None
 
 
+def reach_every_node_with_external_tools(info: dict[str, Any]) -> None:
+    """netconf-console2 and curl reach every node and the controller using only lab.json."""
+    console = str(Path(sys.executable).with_name("netconf-console2"))
+    for n in info["nodes"]:
+        nc = n["netconf"]
+        password = Path(nc["password_file"]).read_text().strip()
+        r = subprocess.run(
+            [console, "--host", nc["host"], "--port", str(nc["port"]), "-u", nc["username"], "-p", password,
+             "--get-config"],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert n["qkdn_id"] in r.stdout, r.stdout
+    ctl = info["controller"]
+    password = Path(ctl["password_file"]).read_text().strip()
+    r = subprocess.run(
+        ["curl", "-sS", "-f", "-u", f"{ctl['username']}:{password}", "-H", "Accept: application/yang-data+json",
+         ctl["restconf_url"] + "/data/qsdn-orchestrator:qkd_network"],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    names = {n["name"] for n in json.loads(r.stdout)["qsdn-orchestrator:qkd_network"]["qkd_node"]}
+    assert names == {n["name"] for n in info["nodes"]}
+
+
 def test_processes_lab(tmp_path: Path) -> None:
     lab_dir, info, _ = up_and_check(tmp_path)
     try:
+        reach_every_node_with_external_tools(info)
         r = lab("status", "--dir", str(lab_dir), "--format", "json")
         assert r.returncode == 0, r.stdout + r.stderr
         status = json.loads(r.stdout)
@@ -193,6 +219,7 @@ def test_netns_lab(tmp_path: Path) -> None:
     try:
         assert info["mode"] == "netns"
         assert set(plan["namespaces"].values()) <= netns.existing_namespaces()
+        reach_every_node_with_external_tools(info)
         for n in info["nodes"]:
             assert n["netns"] == plan["namespaces"][n["name"]]
             assert n["netconf"]["host"].startswith("10.214.")
