@@ -272,6 +272,24 @@ def _add_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dir", help="the lab directory (default: the only ./lab-* here, or $QSDN_LAB_DIR)")
 
 
+def _keys(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from qsdn.lab.launcher import exchange_keys, read_lab
+
+    lab = read_lab(_lab_dir(args))
+    ex = asyncio.run(exchange_keys(lab, args.session, number=args.number, size=args.size))
+    table = Table(title=f"ETSI 014 key exchange: {ex.master} -> {ex.slave} (session {ex.session})")
+    for col in ("key_ID", "SHA-256 at the master", "SHA-256 at the slave"):
+        table.add_column(col)
+    for kid, a, b in zip(ex.key_ids, ex.fingerprints_master, ex.fingerprints_slave, strict=False):
+        table.add_row(kid, a, b)
+    Console().print(table)
+    print("identical keys at both SAEs" if ex.identical else "KEYS DIFFER")
+    return 0 if ex.identical else 1
+
+
 def _compose(args: argparse.Namespace) -> int:
     from qsdn.lab.compose import write_compose
     from qsdn.lab.topology import load_topology
@@ -296,6 +314,12 @@ def add_commands(lab: Any) -> None:
     up.add_argument("--dir", help="lab directory (default: ./lab-<name>)")
     up.add_argument("--detach", action="store_true", help="return once the lab is up, leaving it running")
     up.set_defaults(func=_up)
+    keys = lab.add_parser("keys", help="a live ETSI 014 key exchange between a session's two SAEs")
+    keys.add_argument("session", help="session name from the topology file")
+    keys.add_argument("--number", type=int, default=3)
+    keys.add_argument("--size", type=int, default=256)
+    keys.add_argument("--dir", help="lab directory")
+    keys.set_defaults(func=_keys)
     compose = lab.add_parser("compose", help="write a docker-compose deployment of a topology")
     compose.add_argument("topology", help="topology file")
     compose.add_argument("--out", default=".", help="where docker-compose.yml goes (default: .)")

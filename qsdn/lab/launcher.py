@@ -171,6 +171,25 @@ def node_config(
     return cfg
 
 
+def kme_config(
+    topo: LabTopology, node: LabNode, ports: dict[str, int], pki_files: dict[str, Path]
+) -> dict[str, Any]:
+    """The ``kme`` section of a node: its certificate, and its neighbours' KMEs as peers."""
+    peers: dict[str, Any] = {}
+    for s in topo.spans_of(node.name):
+        other = topo.node(s.b if s.a == node.name else s.a)
+        peers[other.node_id] = {"url": f"https://127.0.0.1:{ports[other.name]}", "kme_id": other.name}
+    return {
+        "host": "127.0.0.1",
+        "port": ports[node.name],
+        "kme_id": node.name,
+        "cert": str(pki_files[f"nodes/{node.name}.crt"]),
+        "key": str(pki_files[f"nodes/{node.name}.key"]),
+        "ca": str(pki_files["ca.crt"]),
+        "peers": peers,
+    }
+
+
 def controller_topology(
     topo: LabTopology, addrs: LabAddresses, qkdi: dict[tuple[str, str], int]
 ) -> dict[str, Any]:
@@ -550,12 +569,28 @@ def generate(topo: LabTopology, lab_dir: Path, mode: str, plan: netns.NetnsPlan 
     _write_secret(nc_file, nc_password)
     _write_secret(rc_file, rc_password)
     password_hash = hash_password(nc_password)
+    # ETSI 014 KMEs (processes mode): one CA, a certificate per node KME and per SAE, KME-to-KME
+    # peers along every span. In netns mode the KMEs are not enabled yet (lab.json says null).
+    kme_ports = {n.name: free_port("127.0.0.1") for n in topo.nodes} if plan is None else {}
+    pki_files: dict[str, Path] = {}
+    if kme_ports:
+        from qsdn.pki import lab_pki
+
+        pki_files = lab_pki(
+            lab_dir / "pki",
+            f"qsdn lab {topo.name}",
+            [n.name for n in topo.nodes],
+            {sae: n.name for n in topo.nodes for sae in n.saes},
+        )
     nodes = []
     for n in topo.nodes:
         node_dir = lab_dir / "nodes" / n.name
         node_dir.mkdir(mode=0o700)
         cfg_path = node_dir / "node.yaml"
-        _write_yaml(cfg_path, node_config(topo, n, addrs, qkdi, password_hash), private=True)
+        cfg = node_config(topo, n, addrs, qkdi, password_hash)
+        if kme_ports:
+            cfg["kme"] = kme_config(topo, n, kme_ports, pki_files)
+        _write_yaml(cfg_path, cfg, private=True)
         nc = addrs.netconf[n.name]
         nodes.append(
             {
@@ -569,9 +604,16 @@ def generate(topo: LabTopology, lab_dir: Path, mode: str, plan: netns.NetnsPlan 
                     "username": USER,
                     "password_file": str(nc_file),
                 },
-                "kme_url": None,
-                "kme_ca_cert": None,
-                "saes": [{"sae_id": sae, "cert": None, "key": None} for sae in n.saes],
+                "kme_url": f"https://127.0.0.1:{kme_ports[n.name]}" if kme_ports else None,
+                "kme_ca_cert": str(pki_files["ca.crt"]) if kme_ports else None,
+                "saes": [
+                    {
+                        "sae_id": sae,
+                        "cert": str(pki_files[f"saes/{sae}.crt"]) if kme_ports else None,
+                        "key": str(pki_files[f"saes/{sae}.key"]) if kme_ports else None,
+                    }
+                    for sae in n.saes
+                ],
                 "interfaces": [
                     {
                         "qkdi_id": qkdi[(n.name, s.span_id)],
@@ -919,3 +961,77 @@ async def settle(lab_dir: Path, span_id: str, *, want_down: bool | None, timeout
         if (seen and not moving) or time.monotonic() > end:
             return lab_view(lab, net)
         await asyncio.sleep(0.25)
+
+
+# --- a live key exchange (ETSI GS QKD 014) ---------------------------------------------------------
+@dataclass
+class KeyExchange:
+    session: str
+    master: str
+    slave: str
+    key_ids: list[str]
+    fingerprints_master: list[str]
+    fingerprints_slave: list[str]
+
+    @property
+    def identical(self) -> bool:
+        return bool(self.key_ids) and self.fingerprints_master == self.fingerprints_slave
+
+
+async def exchange_keys(
+    lab: dict[str, Any], session: str, *, number: int = 1, size: int = 256
+) -> KeyExchange:
+    """SAE ``src_sae`` asks its KME for keys for ``dst_sae`` (enc_keys); ``dst_sae`` fetches the
+    same keys by key_ID at its own KME (dec_keys). Only SHA-256 fingerprints leave this function."""
+    import base64
+    import hashlib
+
+    import aiohttp
+
+    from qsdn.pki import client_context
+
+    sess = next((x for x in lab["sessions"] if x["name"] == session), None)
+    if sess is None:
+        raise QsdnError(
+            f"no session {session!r} in this lab ({', '.join(x['name'] for x in lab['sessions'])})"
+        )
+    nodes = {n["name"]: n for n in lab["nodes"]}
+    src, dst = nodes[sess["src"]], nodes[sess["dst"]]
+    if not src.get("kme_url") or not dst.get("kme_url"):
+        raise QsdnError("this lab runs without KMEs (netns mode does not enable them yet)")
+
+    def sae_files(node: dict[str, Any], sae: str) -> tuple[Path, Path]:
+        entry = next(x for x in node["saes"] if x["sae_id"] == sae)
+        return Path(entry["cert"]), Path(entry["key"])
+
+    ca = Path(src["kme_ca_cert"])
+
+    async def call(node: dict[str, Any], sae: str, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        ctx = client_context(ca, sae_files(node, sae))
+        timeout = aiohttp.ClientTimeout(total=30)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as http,
+            http.post(f"{node['kme_url']}{path}", json=body, ssl=ctx) as r,
+        ):
+            data: dict[str, Any] = await r.json(content_type=None)
+            if r.status != 200:
+                raise QsdnError(f"{node['name']} KME answered {r.status}: {data.get('message', data)}")
+            return data
+
+    master, slave = sess["src_sae"], sess["dst_sae"]
+    enc = await call(src, master, f"/api/v1/keys/{slave}/enc_keys", {"number": number, "size": size})
+    ids = [k["key_ID"] for k in enc["keys"]]
+    dec = await call(dst, slave, f"/api/v1/keys/{master}/dec_keys", {"key_IDs": [{"key_ID": i} for i in ids]})
+    by_id = {k["key_ID"]: k["key"] for k in dec["keys"]}
+
+    def fp(b64: str) -> str:
+        return hashlib.sha256(base64.b64decode(b64)).hexdigest()[:16]
+
+    return KeyExchange(
+        session=session,
+        master=f"{master}@{src['name']}",
+        slave=f"{slave}@{dst['name']}",
+        key_ids=ids,
+        fingerprints_master=[fp(k["key"]) for k in enc["keys"]],
+        fingerprints_slave=[fp(by_id[i]) for i in ids if i in by_id],
+    )
