@@ -46,18 +46,17 @@ no answer, a refusal, a divergence (the digests differ: logged, raised as a CRIT
 the same ranges, and both ends end up having used up the same bits, each accounted for. A request
 still pending when the agent stops is aborted at the next start.
 
-Relaying over VIRT links (not implemented yet; how it fits)
------------------------------------------------------------
-A VIRT backing link answers 503 today. The peer channel is built so that trusted relaying is one more
-op on the same batches: the master's node draws a fresh key, and for each hop sends ``relay`` to the
-next node's KME with the key one-time-padded by ranges of that hop's PHYS link (drawn by the hop's
-drawing end: directly when it is the sender, with a ``reserve`` op otherwise), the same request id,
-the end-to-end digest and the path. Each relay consumes its incoming hop's ranges with
-``consume_ranges`` and forwards over its next hop; the last node keeps the keys for the slave and
-checks the digest. Accounting tags (``kme:<request_id>``) and the ``abort`` op are per request, so an
-abort travels back along the path and every hop discards exactly its ranges. Relay capacity would
-follow ``virt_bandwidth`` (a token bucket per VIRT link at the first node), and relays would be
-authorised by the INTERNAL applications the controller writes on them.
+Relaying over VIRT links
+------------------------
+A CLIENT application backed by a VIRT link is served by trusted relay (:mod:`agent.kme.relay`): the
+master's node checks ``virt_bandwidth`` (a token bucket per VIRT link), draws a fresh random key and
+sends it hop by hop along ``virt_next_hop`` with ``relay`` ops, one-time-padded on each hop with that
+hop's PHYS link key, taken exactly once at both ends as for direct links (drawn by the sender when it is
+the hop's drawing end, else reserved at the receiver with a ``reserve`` op). Each relay unpads, repads
+and forwards, and answers only once the rest of the chain answered; the far node checks an end-to-end
+digest and keeps the keys under the same key_IDs. Any failure discards every hop key consumed for the
+request (accounting tag ``kme:<request_id>``), hop by hop, and the master's SAE gets 503. Relays are
+authorised by the VIRT link's ``virt_prev_hop`` (the INTERNAL applications are not checked yet).
 
 Limits
 ------

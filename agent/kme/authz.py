@@ -139,8 +139,8 @@ class Authorisation:
                 elif link.kind == "VIRT":
                     relay = True
                     problems.append(
-                        f"application {app.app_id}: backing link {qkdl_id} is VIRT, and key relaying"
-                        " through trusted nodes is not available yet"
+                        f"application {app.app_id}: backing link {qkdl_id} is VIRT (keys come by"
+                        " trusted relay)"
                     )
                 elif link.kind != "PHYS":
                     problems.append(f"application {app.app_id}: backing link {qkdl_id} has no qkdl_type")

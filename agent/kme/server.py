@@ -6,7 +6,7 @@ CommonName (:func:`qsdn.pki.sae_id_of`), never anything in the request. One erro
 every failure as ETSI 014's ``{"message": ..., "details": [...]}``.
 
 Key flow for a direct (PHYS) link, master SAE M at this node asking for keys for slave S (see the
-package docstring for the reasoning and for VIRT links):
+package docstring for the reasoning; VIRT links are served by :mod:`agent.kme.relay`):
 
 * this node is the link's *drawing* end (the lower qkdn_id): consume ``number*size`` bits and journal
   the request (one transaction), send ``deliver`` with the ranges and a digest to the peer, which
@@ -67,6 +67,7 @@ from agent.kme.peer import (
     parse_ranges,
     peer_error,
 )
+from agent.kme.relay import RELAY_OPS, Relayer, parse_relay_op
 from agent.kme.store import DivergenceError, JournalEntry, KmeStore, digest, split_keys
 from qsdn.errors import KeyStoreError, QsdnError
 from qsdn.pki import SAE_ID_RE, client_context, server_context
@@ -128,6 +129,7 @@ class KmeServer:
         self._abort_task: asyncio.Task[None] | None = None
         self._abort_wakeup: asyncio.Event | None = None
         self._block_wait_s = min(BLOCK_WAIT_S, config.peer_timeout_s / 2)
+        self.relay = Relayer(self)
 
     # --- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -267,6 +269,18 @@ class KmeServer:
         a = self._pair(master, master, slave, "master")
         if request.query:
             raise bad(f"status takes no query parameters, got {next(iter(request.query))[:40]!r}")
+        virt = a.virt_route(master, slave)
+        if virt is not None:
+            target, stored = self.relay.status(a, virt)
+            body = status_body(
+                source_kme_id=self.config.kme_id,
+                target_kme_id=target,
+                master_sae_id=master,
+                slave_sae_id=slave,
+                stored_bits=stored,
+                limits=self.limits,
+            )
+            return web.json_response(body)
         route, peer = self._route(a, master, slave)
         body = status_body(
             source_kme_id=self.config.kme_id,
@@ -288,6 +302,13 @@ class KmeServer:
             if request.query:
                 raise bad("POST enc_keys takes its parameters in the body, not the query string")
             req = parse_enc_body(await request.read(), self.limits)
+        virt = a.virt_route(master, slave)
+        if virt is not None:
+            request_id = new_request_id()
+            keys = await self.relay.enc_keys(virt, master, slave, req.size, req.number, request_id)
+            self.stats.keys_to_masters += len(keys)
+            body = key_container_json(list(zip(key_ids(request_id, req.number), keys, strict=True)))
+            return web.Response(body=body, content_type="application/json")
         route, peer = self._route(a, master, slave)
         request_id = new_request_id()
         if self.node_id < route.peer_qkdn_id:
@@ -539,8 +560,18 @@ class KmeServer:
         self._caller_peer(request, source)
         results: list[dict[str, Any] | None] = [None] * len(raw_ops)
         work: list[tuple[int, PeerMsg]] = []
+        relays: list[tuple[int, Any]] = []
         for i, raw in enumerate(raw_ops):
             try:
+                if isinstance(raw, dict) and raw.get("op") in RELAY_OPS:
+                    rmsg = parse_relay_op(
+                        raw,
+                        source,
+                        max_keys=self.limits.max_key_per_request,
+                        max_size=self.limits.max_key_size,
+                    )
+                    relays.append((i, self.relay.serve(rmsg)))
+                    continue
                 msg = parse_op(
                     raw, source, max_keys=self.limits.max_key_per_request, max_size=self.limits.max_key_size
                 )
@@ -558,10 +589,20 @@ class KmeServer:
                 work.append((i, msg))
             except KmeError as exc:
                 results[i] = failure(exc)
+        relayed = asyncio.gather(*(c for _, c in relays), return_exceptions=True) if relays else None
         if work:
             outcomes = await self.store.call_many([self._peer_op(m) for _, m in work], "serve the peer")
             for (i, msg), outcome in zip(work, outcomes, strict=True):
                 results[i] = await self._peer_result(msg, outcome)
+        if relayed is not None:
+            for (i, _), outcome in zip(relays, await relayed, strict=True):
+                if isinstance(outcome, KmeError):
+                    results[i] = failure(outcome)
+                elif isinstance(outcome, BaseException):
+                    log.error("KME %s: internal error relaying: %r", self.config.kme_id, outcome)
+                    results[i] = failure(peer_error(503, "unavailable", "internal error of the peer KME"))
+                else:
+                    results[i] = ok(**outcome)
         return web.json_response({"results": results})
 
     def _peer_op(self, msg: PeerMsg) -> Callable[[KeyStoreBatch], Any]:

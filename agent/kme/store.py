@@ -357,13 +357,19 @@ class KmeStore:
                     results.append((op, r, None))
                 except Exception as exc:
                     results.append((op, None, exc))
-        self._committing = asyncio.get_running_loop().create_task(
-            self._commit(ks, results), name="kme-commit"
-        )
+        # The COMMIT starts in the commit thread now, not when a task gets its turn: the transaction
+        # holds the database's write lock, and a callback that runs on the loop meanwhile and writes to
+        # the key store (the QKD driver storing a block) would otherwise wait on that lock with the loop
+        # blocked, so the commit could never start ("database is locked").
+        loop = asyncio.get_running_loop()
+        commit = loop.run_in_executor(self._executor, ks.commit)
+        self._committing = loop.create_task(self._commit(commit, results), name="kme-commit")
 
-    async def _commit(self, ks: KeyStore, results: list[tuple[_Op[Any], Any, BaseException | None]]) -> None:
+    async def _commit(
+        self, commit: asyncio.Future[None], results: list[tuple[_Op[Any], Any, BaseException | None]]
+    ) -> None:
         try:
-            await asyncio.get_running_loop().run_in_executor(self._executor, ks.commit)
+            await commit
         except Exception as exc:
             log.error("%s: a transaction of %d operation(s) failed: %s", self.name, len(results), exc)
             results = [(op, None, exc) for op, _, _ in results]

@@ -803,7 +803,7 @@ async def test_a_vanishing_application_revokes_access(lab: Lab) -> None:
     assert status == 401, body
 
 
-async def test_virt_backing_link_is_not_relayed_yet(lab: Lab) -> None:
+async def test_virt_backing_link_without_a_next_hop_is_refused(lab: Lab) -> None:
     virt = "30000000-0000-4000-8000-0000000000f1"
     app = "40000000-0000-4000-8000-0000000000f2"
     link_xml = f"""
@@ -822,7 +822,7 @@ async def test_virt_backing_link_is_not_relayed_yet(lab: Lab) -> None:
     before = lab.accounting("alice")
     status, body = await lab.call("alice", "sae-a", "POST", "/api/v1/keys/sae-virt/enc_keys", body={})
     assert status == 503
-    assert "is VIRT, and key relaying through trusted nodes is not available yet" in body["message"]
+    assert f"VIRT link {virt} has no virt_next_hop here" in body["message"]
     assert lab.accounting("alice") == before
 
 
