@@ -8,8 +8,9 @@ are read from /proc, and the lab is taken down.
 
     .venv/bin/python benchmarks/lab.py [--sizes 3 10 30] [--idle-s 10] [--json]
 
-CPU and memory under key-delivery load need the ETSI 014 KME (issue 4); this script does not
-measure them yet.
+Then the same under key-delivery load: the session's two SAEs exchange keys back to back over ETSI
+014 (relayed through every node of the chain) for the same window, as fast as the session's
+provisioned `virt_bandwidth` (10 kbit/s) lets them.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from qsdn.lab.launcher import down, up
+from qsdn.errors import QsdnError
+from qsdn.lab.launcher import down, exchange_keys, up
 from qsdn.lab.topology import parse_topology
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -62,7 +64,7 @@ def chain(n: int) -> dict[str, Any]:
                 "dst": names[-1],
                 "src_sae": f"sae-{names[0]}",
                 "dst_sae": f"sae-{names[-1]}",
-                "rate_bps": 100,
+                "rate_bps": 10000,
             }
         ],
     }
@@ -92,6 +94,24 @@ async def one(n: int, idle_s: float) -> dict[str, Any]:
             await asyncio.sleep(idle_s)
             cpu = [(cpu_ticks(p) - start[p]) / TICKS / idle_s * 100 for p in pids]
             rss = [rss_mib(p) for p in pids]
+            # key delivery load: the end-to-end session's SAEs exchange 4 x 256-bit keys back to
+            # back (ETSI 014 enc_keys at one end, relayed through every node, dec_keys at the other)
+            start = {p: cpu_ticks(p) for p in pids}
+            t_load, exchanges = time.perf_counter(), 0
+            while time.perf_counter() - t_load < idle_s:
+                try:
+                    ex = await exchange_keys(result.lab, "end-to-end", number=4, size=256)
+                except QsdnError as exc:
+                    if "capacity" not in str(exc):  # virt_bandwidth reached: wait for the bucket
+                        raise
+                    await asyncio.sleep(0.02)
+                    continue
+                if not ex.identical:
+                    raise RuntimeError("keys differ")
+                exchanges += 1
+            load_s = time.perf_counter() - t_load
+            cpu_load = [(cpu_ticks(p) - start[p]) / TICKS / load_s * 100 for p in pids]
+            rss_load = [rss_mib(p) for p in pids]
         finally:
             t1 = time.perf_counter()
             await asyncio.to_thread(down, lab_dir)
@@ -104,6 +124,10 @@ async def one(n: int, idle_s: float) -> dict[str, Any]:
         "agent_cpu_pct_max": max(cpu),
         "agent_rss_mib_median": statistics.median(rss),
         "agent_rss_mib_max": max(rss),
+        "load_keys_per_s": exchanges * 4 / load_s,
+        "load_agent_cpu_pct_median": statistics.median(cpu_load),
+        "load_agent_cpu_pct_max": max(cpu_load),
+        "load_agent_rss_mib_max": max(rss_load),
     }
 
 
@@ -121,7 +145,16 @@ def main() -> int:
     console = Console()
     console.print(f"machine: {machine()}")
     t = Table(title="lab bring-up (processes mode, chain, one session end to end)")
-    for c in ("nodes", "up s", "down s", "agent CPU % idle (median / max)", "agent RSS MiB (median / max)"):
+    for c in (
+        "nodes",
+        "up s",
+        "down s",
+        "agent CPU % idle (median / max)",
+        "agent RSS MiB (median / max)",
+        "keys/s end to end",
+        "agent CPU % under load (median / max)",
+        "RSS MiB under load (max)",
+    ):
         t.add_column(c)
     for r in results:
         t.add_row(
@@ -130,6 +163,9 @@ def main() -> int:
             f"{r['down_s']:.1f}",
             f"{r['agent_cpu_pct_median']:.1f} / {r['agent_cpu_pct_max']:.1f}",
             f"{r['agent_rss_mib_median']:.0f} / {r['agent_rss_mib_max']:.0f}",
+            f"{r['load_keys_per_s']:.0f}",
+            f"{r['load_agent_cpu_pct_median']:.1f} / {r['load_agent_cpu_pct_max']:.1f}",
+            f"{r['load_agent_rss_mib_max']:.0f}",
         )
     console.print(t)
     return 0
