@@ -171,17 +171,26 @@ def node_config(
     return cfg
 
 
+KME_NETNS_PORT = 9443
+
+
 def kme_config(
-    topo: LabTopology, node: LabNode, ports: dict[str, int], pki_files: dict[str, Path]
+    topo: LabTopology,
+    node: LabNode,
+    port: int,
+    pki_files: dict[str, Path],
+    peer_url: Callable[[str, str, str], str],
+    *,
+    listen: str,
 ) -> dict[str, Any]:
     """The ``kme`` section of a node: its certificate, and its neighbours' KMEs as peers."""
     peers: dict[str, Any] = {}
     for s in topo.spans_of(node.name):
         other = topo.node(s.b if s.a == node.name else s.a)
-        peers[other.node_id] = {"url": f"https://127.0.0.1:{ports[other.name]}", "kme_id": other.name}
+        peers[other.node_id] = {"url": peer_url(node.name, other.name, s.span_id), "kme_id": other.name}
     return {
-        "host": "127.0.0.1",
-        "port": ports[node.name],
+        "host": listen,
+        "port": port,
         "kme_id": node.name,
         "cert": str(pki_files[f"nodes/{node.name}.crt"]),
         "key": str(pki_files[f"nodes/{node.name}.key"]),
@@ -569,27 +578,48 @@ def generate(topo: LabTopology, lab_dir: Path, mode: str, plan: netns.NetnsPlan 
     _write_secret(nc_file, nc_password)
     _write_secret(rc_file, rc_password)
     password_hash = hash_password(nc_password)
-    # ETSI 014 KMEs (processes mode): one CA, a certificate per node KME and per SAE, KME-to-KME
-    # peers along every span. In netns mode the KMEs are not enabled yet (lab.json says null).
-    kme_ports = {n.name: free_port("127.0.0.1") for n in topo.nodes} if plan is None else {}
-    pki_files: dict[str, Path] = {}
-    if kme_ports:
-        from qsdn.pki import lab_pki
-
-        pki_files = lab_pki(
-            lab_dir / "pki",
-            f"qsdn lab {topo.name}",
-            [n.name for n in topo.nodes],
-            {sae: n.name for n in topo.nodes for sae in n.saes},
+    # ETSI 014 KMEs: one CA, a certificate per node KME and per SAE, KME-to-KME peers along every
+    # span. Processes mode: loopback ports. netns mode: every KME listens on all addresses of its
+    # namespace (port KME_NETNS_PORT): SAEs reach it on the management address, its neighbours' KMEs
+    # on the span veth; certificates name every lab address (peers are also checked by kme_id).
+    if plan is None:
+        kme_ports = {n.name: free_port("127.0.0.1") for n in topo.nodes}
+        kme_hosts: tuple[str, ...] = ("127.0.0.1", "localhost")
+    else:
+        kme_ports = {n.name: KME_NETNS_PORT for n in topo.nodes}
+        kme_hosts = tuple(
+            sorted(
+                {plan.mgmt_of(n.name).ns_addr for n in topo.nodes}
+                | {plan.span_addr(s.span_id, end) for s in topo.spans for end in (s.a, s.b)}
+            )
         )
+    from qsdn.pki import lab_pki
+
+    pki_files = lab_pki(
+        lab_dir / "pki",
+        f"qsdn lab {topo.name}",
+        [n.name for n in topo.nodes],
+        {sae: n.name for n in topo.nodes for sae in n.saes},
+        hosts=kme_hosts,
+    )
+
+    def kme_url(node: str) -> str:
+        host = "127.0.0.1" if plan is None else plan.mgmt_of(node).ns_addr
+        return f"https://{host}:{kme_ports[node]}"
+
+    def peer_url(node: str, peer: str, span_id: str) -> str:
+        host = "127.0.0.1" if plan is None else plan.span_addr(span_id, peer)
+        return f"https://{host}:{kme_ports[peer]}"
+
     nodes = []
     for n in topo.nodes:
         node_dir = lab_dir / "nodes" / n.name
         node_dir.mkdir(mode=0o700)
         cfg_path = node_dir / "node.yaml"
         cfg = node_config(topo, n, addrs, qkdi, password_hash)
-        if kme_ports:
-            cfg["kme"] = kme_config(topo, n, kme_ports, pki_files)
+        # in a namespace of its own the KME listens on all of the node's addresses
+        listen = "127.0.0.1" if plan is None else "0.0.0.0"  # noqa: S104
+        cfg["kme"] = kme_config(topo, n, kme_ports[n.name], pki_files, peer_url, listen=listen)
         _write_yaml(cfg_path, cfg, private=True)
         nc = addrs.netconf[n.name]
         nodes.append(
@@ -604,13 +634,13 @@ def generate(topo: LabTopology, lab_dir: Path, mode: str, plan: netns.NetnsPlan 
                     "username": USER,
                     "password_file": str(nc_file),
                 },
-                "kme_url": f"https://127.0.0.1:{kme_ports[n.name]}" if kme_ports else None,
-                "kme_ca_cert": str(pki_files["ca.crt"]) if kme_ports else None,
+                "kme_url": kme_url(n.name),
+                "kme_ca_cert": str(pki_files["ca.crt"]),
                 "saes": [
                     {
                         "sae_id": sae,
-                        "cert": str(pki_files[f"saes/{sae}.crt"]) if kme_ports else None,
-                        "key": str(pki_files[f"saes/{sae}.key"]) if kme_ports else None,
+                        "cert": str(pki_files[f"saes/{sae}.crt"]),
+                        "key": str(pki_files[f"saes/{sae}.key"]),
                     }
                     for sae in n.saes
                 ],

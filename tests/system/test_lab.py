@@ -92,8 +92,7 @@ def up_and_check(tmp_path: Path, *mode: str) -> tuple[Path, dict[str, Any], dict
     assert all(alive(p) for p in all_pids(info))
     for n in info["nodes"]:
         assert Path(n["netconf"]["password_file"]).stat().st_mode & 0o077 == 0
-        # KMEs run in processes mode; netns mode does not enable them yet
-        assert (n["kme_url"] is None) == ("netns" in mode)
+        assert n["kme_url"].startswith("https://")
     net = network(info)
     assert {n["name"]: n["status"] for n in net["qkd_node"]} == {n.name: "reachable" for n in topo.nodes}
     sessions = sessions_by_name(info, net)
@@ -221,6 +220,10 @@ def test_netns_lab(tmp_path: Path) -> None:
         assert info["mode"] == "netns"
         assert set(plan["namespaces"].values()) <= netns.existing_namespaces()
         reach_every_node_with_external_tools(info)
+        # a live ETSI 014 exchange: SAEs in the root namespace, the key relayed over the span veths
+        r = lab("keys", "alice-bob", "--dir", str(lab_dir))
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "identical keys at both SAEs" in r.stdout
         for n in info["nodes"]:
             assert n["netns"] == plan["namespaces"][n["name"]]
             assert n["netconf"]["host"].startswith("10.214.")
