@@ -407,7 +407,7 @@ class Controller:
         except TransactionError as exc:
             st = self.nodes.get(exc.node)
             name = st.record.name if st else exc.node
-            raise TransactionError(name, exc.step, exc.reason, exc.errors[1:]) from exc
+            raise TransactionError(exc.node, exc.step, exc.reason, exc.errors[1:], label=name) from exc
         # record the PHYS links now present on each node
         for n, xml in edits.items():
             root = etree.fromstring(xml)

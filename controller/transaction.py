@@ -43,8 +43,17 @@ class TransactionError(QsdnError):
 
     tag = "operation-failed"
 
-    def __init__(self, node: str, step: str, reason: str, errors: list[ErrorInfo] | None = None) -> None:
-        message = f"node {node}: {step} failed: {reason}"
+    def __init__(
+        self,
+        node: str,
+        step: str,
+        reason: str,
+        errors: list[ErrorInfo] | None = None,
+        *,
+        label: str | None = None,
+    ) -> None:
+        """``node`` is the node's id; ``label`` (its name, say) is what the message calls it."""
+        message = f"node {label or node}: {step} failed: {reason}"
         super().__init__(message, info={"node": node, "step": step, "reason": reason})
         if errors:
             self.errors = [self.errors[0], *errors]

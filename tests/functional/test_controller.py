@@ -263,3 +263,42 @@ async def test_measured_key_rate_below_the_model_limits_admission(
         ctl.measured_bps["s-ad"] = 500.0
         s = await ctl.create_session(session(net, rate=1000))
         assert names(net, s.path) == ["A", "B", "C", "E"]
+
+
+async def test_agent_killed_during_create_session_is_reported_with_node_and_reason(
+    start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    from controller.api import ControllerBackend
+
+    net = five_node_net(tmp_path)
+    await net.start(start_agent)
+    async with running_controller(net, tmp_path / "ctl.sqlite") as ctl:
+        relay = net.agents["D"].agent
+        s = session(net)
+        create = asyncio.ensure_future(ctl.create_session(s))
+        # the relay dies while the controller holds its locks (the transaction is under way)
+        await wait_until(lambda: "candidate" in relay.datastores.locks, timeout_s=10, step_s=0.001)
+        await relay.stop()
+        with pytest.raises(TransactionError) as ei:
+            await create
+        assert ei.value.node == net.ids["D"] and "node D:" in str(ei.value)
+        failed = ctl.store.session(s.session_id)
+        assert failed is not None and failed.status == "failed"
+        assert failed.last_error_node == net.ids["D"] and failed.last_error
+        # the API (the orchestrator datastore's state) reports the node and the reason
+        state = etree.fromstring(f"<w>{ControllerBackend(ctl).state_xml()}</w>".encode())
+        o = "urn:qsdn:yang:qsdn-orchestrator"
+        link = state.find(f".//{{{o}}}qkd_svc_link")
+        assert link is not None
+        assert link.findtext(f"{{{o}}}status") == "failed"
+        assert link.findtext(f"{{{o}}}last_error_info/{{{o}}}node") == net.ids["D"]
+        assert link.findtext(f"{{{o}}}last_error_info/{{{o}}}reason")
+        for name in ("A", "E"):
+            have = await running_config(net, name)
+            assert not have.xpath("//n:qkd_app", namespaces=NS), name
+            assert not have.xpath("//n:qkd_link", namespaces=NS), name
+    # the relay restarts without any part of the session
+    await net.start(start_agent, only=["D"])
+    have = await running_config(net, "D")
+    assert not have.xpath("//n:qkd_app", namespaces=NS)
+    assert not have.xpath("//n:qkd_link", namespaces=NS)
