@@ -58,6 +58,14 @@ async def running_config(net: Net, name: str) -> etree._Element:
         return await c.get_config()
 
 
+async def assert_untouched(net: Net, *nodes: str) -> None:
+    """The nodes hold no application and no link at all (nothing of any session)."""
+    for name in nodes:
+        have = await running_config(net, name)
+        assert not have.xpath("//n:qkd_app", namespaces=NS), name
+        assert not have.xpath("//n:qkd_link", namespaces=NS), name
+
+
 def names(net: Net, ids: tuple[str, ...]) -> list[str]:
     by_id = {v: k for k, v in net.ids.items()}
     return [by_id[i] for i in ids]
@@ -94,10 +102,7 @@ async def test_session_routes_around_the_red_span_and_every_node_holds_its_015_c
             assert sorted(a.split(":")[1] for a in apps) == (
                 ["INTERNAL", "INTERNAL"] if name == "D" else ["CLIENT"]
             )
-        for name in ("B", "C"):
-            have = await running_config(net, name)
-            assert not have.xpath("//n:qkd_app", namespaces=NS)
-            assert not have.xpath("//n:qkd_link", namespaces=NS)
+        await assert_untouched(net, "B", "C")
         # the PHYS links came up and were marked ACTIVE by the controller
         a = await running_config(net, "A")
         ad = phys_link_id("s-ad")
@@ -145,15 +150,10 @@ async def test_agent_killed_mid_transaction_leaves_no_node_with_any_part(
             )
         assert ei.value.node == net.ids["D"]
         assert ei.value.step == "confirming commit"
-        for name in ("A", "E"):
-            have = await running_config(net, name)
-            assert not have.xpath("//n:qkd_app", namespaces=NS), name
-            assert not have.xpath("//n:qkd_link", namespaces=NS), name
+        await assert_untouched(net, "A", "E")
         # the killed node comes back without the unconfirmed change
         await net.start(start_agent, only=["D"])
-        have = await running_config(net, "D")
-        assert not have.xpath("//n:qkd_app", namespaces=NS)
-        assert not have.xpath("//n:qkd_link", namespaces=NS)
+        await assert_untouched(net, "D")
 
 
 async def test_unreachable_node_fails_the_session_with_node_and_reason(
@@ -293,12 +293,7 @@ async def test_agent_killed_during_create_session_is_reported_with_node_and_reas
         assert link.findtext(f"{{{o}}}status") == "failed"
         assert link.findtext(f"{{{o}}}last_error_info/{{{o}}}node") == net.ids["D"]
         assert link.findtext(f"{{{o}}}last_error_info/{{{o}}}reason")
-        for name in ("A", "E"):
-            have = await running_config(net, name)
-            assert not have.xpath("//n:qkd_app", namespaces=NS), name
-            assert not have.xpath("//n:qkd_link", namespaces=NS), name
+        await assert_untouched(net, "A", "E")
     # the relay restarts without any part of the session
     await net.start(start_agent, only=["D"])
-    have = await running_config(net, "D")
-    assert not have.xpath("//n:qkd_app", namespaces=NS)
-    assert not have.xpath("//n:qkd_link", namespaces=NS)
+    await assert_untouched(net, "D")
