@@ -11,8 +11,9 @@ import asyncio
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from qsdn.errors import ConfigError, QsdnError
 
@@ -28,6 +29,21 @@ def _setup_logging(level: str) -> None:
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
 
 
+def _run_daemon(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run a daemon's main coroutine, on uvloop (libuv's event loop) when it is installed.
+
+    The agent and the controller are network daemons: uvloop roughly halves the event loop's cost per
+    connection event, which is most of a small ETSI 014 request. Without it they run on asyncio's own loop.
+    """
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        asyncio.run(main())
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main())
+
+
 def _agent_run(args: argparse.Namespace) -> int:
     from agent.config import load_config
     from agent.server import run_agent
@@ -41,7 +57,7 @@ def _agent_run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await run_agent(config, stop)
 
-    asyncio.run(main())
+    _run_daemon(main)
     log.info("agent %s stopped", config.name)
     return 0
 
@@ -81,7 +97,7 @@ def _controller_run(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         await run_controller(cfg, stop)
 
-    asyncio.run(main())
+    _run_daemon(main)
     return 0
 
 
