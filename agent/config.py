@@ -37,6 +37,8 @@ Example::
       max_keys_per_request: 128     # status field max_key_per_request (at most 4096)
       max_key_count: 100000         # status field max_key_count
       peer_timeout_s: 5
+      skip: true                    # also serve SKIP (draft-cisco-skip / draft-singh-skip) for encryptors,
+                                    # at the root of the same port (agent/kme/skip.py)
       peers:                        # the KMEs at the far end of this node's links, by qkdn_id
         6f1c7a3e-0000-4000-8000-000000000002: {url: "https://127.0.0.1:8444", kme_id: bob}
 """
@@ -143,6 +145,7 @@ class KmeConfig:
     max_key_count: int = 100_000
     peer_timeout_s: float = 5.0
     peers: tuple[KmePeerConfig, ...] = ()
+    skip: bool = True
 
     def peer(self, qkdn_id: str) -> KmePeerConfig | None:
         for p in self.peers:
@@ -358,6 +361,9 @@ def _parse_kme(top: _Reader, name: str, node_id: str, base: Path) -> KmeConfig:
         raise k.fail("peers", "kme_id values must be unique")
     if any(p.kme_id == kme_id for p in peers):
         raise k.fail("peers", f"a peer has this KME's own kme_id {kme_id!r}")
+    skip = k.get("skip", True)
+    if not isinstance(skip, bool):
+        raise k.fail("skip", "must be true or false")
     cfg = KmeConfig(
         kme_id=kme_id,
         host=k.text("host", "127.0.0.1"),
@@ -372,6 +378,7 @@ def _parse_kme(top: _Reader, name: str, node_id: str, base: Path) -> KmeConfig:
         max_key_count=k.int("max_key_count", 100_000, lo=1, hi=2**31 - 1),
         peer_timeout_s=k.num("peer_timeout_s", 5.0, lo=0.1, hi=300),
         peers=tuple(peers),
+        skip=skip,
     )
     k.done()
     return cfg

@@ -1,9 +1,21 @@
-"""The node's key management entity (KME): ETSI GS QKD 014 V1.1.1 key delivery to SAEs.
+"""The node's key management entity (KME): ETSI GS QKD 014 V1.1.1 and SKIP key delivery to SAEs.
 
 Modules: :mod:`~agent.kme.etsi014` (requests, responses and key_IDs, pure), :mod:`~agent.kme.authz`
 (who may get which keys, from the running 015 configuration, pure), :mod:`~agent.kme.store` (keys
 waiting for their slave and the request journal, in the key store database, with group commit),
-:mod:`~agent.kme.peer` (the KME-to-KME channel) and :mod:`~agent.kme.server` (the HTTPS server).
+:mod:`~agent.kme.peer` (the KME-to-KME channel), :mod:`~agent.kme.relay` (trusted relay over VIRT
+links), :mod:`~agent.kme.skip` (SKIP, the second front end) and :mod:`~agent.kme.server` (the HTTPS
+server).
+
+SKIP
+----
+SKIP (draft-cisco-skip-02, continued as draft-singh-skip-00), the API of Cisco's encryptors, is served
+on the same port at the root (``/capabilities``, ``/key``, ``/key/{keyId}``, ``/entropy``; ``kme.skip``
+turns it off). It is a front end only: an encryptor is an SAE (its certificate's CommonName,
+``localSystemID``), ``remoteSystemID`` is the peer SAE, ``GET /key`` is an ``enc_keys`` of one key by
+the master and ``GET /key/{keyId}`` a ``dec_keys`` by the slave, through the same
+:meth:`KmeServer.new_keys` and :meth:`KmeServer.take_keys`, so everything below holds for SKIP keys
+too. The keyId is the key_ID's 32 hexadecimal digits. See :mod:`agent.kme.skip`.
 
 Identity and authorisation
 --------------------------
@@ -60,9 +72,10 @@ authorised by the VIRT link's ``virt_prev_hop`` (the INTERNAL applications are n
 
 Limits
 ------
-``max_SAE_ID_count`` is 0: ``additional_slave_SAE_IDs`` (key multicast) is refused with a 400. SKIP is
-not implemented. Keys waiting for a slave whose application is then removed can no longer be fetched
-(401) and stay in the store; sweeping them (and discarding their bits) is future work.
+``max_SAE_ID_count`` is 0: ``additional_slave_SAE_IDs`` (key multicast) is refused with a 400. SKIP's
+TLS PSK mode is not offered (certificates only). Keys waiting for a slave whose application is then
+removed can no longer be fetched (401) and stay in the store; sweeping them (and discarding their
+bits) is future work.
 """
 
 from agent.kme.server import KmeServer, KmeStats

@@ -46,6 +46,7 @@ __all__ = [
     "KmeError",
     "Limits",
     "canonical_uuid",
+    "check_key_request",
     "key_container",
     "key_container_json",
     "key_ids",
@@ -54,6 +55,8 @@ __all__ = [
     "parse_dec_query",
     "parse_enc_body",
     "parse_enc_query",
+    "query_int",
+    "single_query",
     "split_key_id",
     "status_body",
 ]
@@ -240,7 +243,8 @@ def _integer(name: str, v: Any) -> int:
     return v
 
 
-def _query_int(name: str, text: str) -> int:
+def query_int(name: str, text: str) -> int:
+    """A query parameter of plain decimal digits; a 400 naming ``name`` for anything else."""
     if not _DIGITS.fullmatch(text):
         if text.startswith("-") and _DIGITS.fullmatch(text[1:]):
             raise bad(f"{name} must be a positive integer, got {text[:20]!r}", parameter=name)
@@ -248,7 +252,8 @@ def _query_int(name: str, text: str) -> int:
     return int(text)
 
 
-def _single(query: Sequence[tuple[str, str]], known: Sequence[str]) -> dict[str, str]:
+def single_query(query: Sequence[tuple[str, str]], known: Sequence[str]) -> dict[str, str]:
+    """The query parameters as a dict; a 400 for one not in ``known`` or one given twice."""
     out: dict[str, str] = {}
     for k, v in query:
         if k not in known:
@@ -270,7 +275,8 @@ def _objects(name: str, v: Any) -> list[dict[str, Any]]:
 # --- enc_keys ----------------------------------------------------------------------------------------
 
 
-def _check_key_request(number: int, size: int, limits: Limits) -> None:
+def check_key_request(number: int, size: int, limits: Limits) -> None:
+    """A 400 unless ``number`` keys of ``size`` bits are within ``limits``."""
     if number < 1:
         raise bad(f"number must be a positive integer, got {number}", parameter="number", value=number)
     if number > limits.max_key_per_request:
@@ -300,10 +306,10 @@ def _check_key_request(number: int, size: int, limits: Limits) -> None:
 
 def parse_enc_query(query: Sequence[tuple[str, str]], limits: Limits) -> KeyRequest:
     """``GET .../enc_keys?number=&size=``."""
-    q = _single(query, ("number", "size"))
-    number = _query_int("number", q["number"]) if "number" in q else 1
-    size = _query_int("size", q["size"]) if "size" in q else limits.default_key_size
-    _check_key_request(number, size, limits)
+    q = single_query(query, ("number", "size"))
+    number = query_int("number", q["number"]) if "number" in q else 1
+    size = query_int("size", q["size"]) if "size" in q else limits.default_key_size
+    check_key_request(number, size, limits)
     return KeyRequest(number, size)
 
 
@@ -340,7 +346,7 @@ def parse_enc_body(body: bytes, limits: Limits) -> KeyRequest:
                 )
     if "extension_optional" in data:
         _objects("extension_optional", data["extension_optional"])
-    _check_key_request(number, size, limits)
+    check_key_request(number, size, limits)
     return KeyRequest(number, size, extra)
 
 
@@ -375,7 +381,7 @@ def _dec(ids: list[str], limits: Limits) -> DecRequest:
 
 def parse_dec_query(query: Sequence[tuple[str, str]], limits: Limits) -> DecRequest:
     """``GET .../dec_keys?key_ID=``: one key."""
-    q = _single(query, ("key_ID",))
+    q = single_query(query, ("key_ID",))
     if "key_ID" not in q:
         raise bad("the key_ID query parameter is required", parameter="key_ID")
     return _dec([_key_id(q["key_ID"])], limits)

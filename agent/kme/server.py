@@ -1,9 +1,11 @@
-"""The KME's HTTPS server: the ETSI GS QKD 014 API for SAEs and the peer channel for KMEs.
+"""The KME's HTTPS server: the ETSI GS QKD 014 API for SAEs, SKIP for encryptors, and the peer channel.
 
 One aiohttp application on one mutual-TLS port (:func:`qsdn.pki.server_context`, TLS 1.2 or 1.3, a
 client certificate from the network's CA required). The caller's identity is its certificate's
 CommonName (:func:`qsdn.pki.sae_id_of`), never anything in the request. One error middleware renders
-every failure as ETSI 014's ``{"message": ..., "details": [...]}``.
+every failure as ETSI 014's ``{"message": ..., "details": [...]}``, or as SKIP's ``{"message": ...}`` on
+the SKIP routes (:mod:`agent.kme.skip`, served at the root of the same port when ``kme.skip`` is on).
+Both front ends get their keys from :meth:`KmeServer.new_keys` and :meth:`KmeServer.take_keys`.
 
 Key flow for a direct (PHYS) link, master SAE M at this node asking for keys for slave S (see the
 package docstring for the reasoning; VIRT links are served by :mod:`agent.kme.relay`):
@@ -68,6 +70,9 @@ from agent.kme.peer import (
     peer_error,
 )
 from agent.kme.relay import RELAY_OPS, Relayer, parse_relay_op
+from agent.kme.skip import ROUTE_PREFIX as SKIP_ROUTES
+from agent.kme.skip import SkipFrontEnd
+from agent.kme.skip import error_body as skip_error_body
 from agent.kme.store import DivergenceError, JournalEntry, KmeStore, digest, split_keys
 from qsdn.errors import KeyStoreError, QsdnError
 from qsdn.pki import SAE_ID_RE, client_context, server_context
@@ -130,6 +135,7 @@ class KmeServer:
         self._abort_wakeup: asyncio.Event | None = None
         self._block_wait_s = min(BLOCK_WAIT_S, config.peer_timeout_s / 2)
         self.relay = Relayer(self)
+        self.skip = SkipFrontEnd(self)
 
     # --- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -152,6 +158,8 @@ class KmeServer:
                 web.post(BATCH_PATH, self._peer_batch),
             ]
         )
+        if cfg.skip:
+            app.add_routes(self.skip.routes())
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await runner.setup()
         site = web.TCPSite(runner, cfg.host, cfg.port, ssl_context=server_ssl, backlog=512)
@@ -166,15 +174,23 @@ class KmeServer:
         self.port = int(addrs[0][1]) if addrs else cfg.port
         self._abort_wakeup = asyncio.Event()
         self._abort_task = asyncio.get_running_loop().create_task(self._abort_loop(), name="kme-abort")
+        self.relay.start()
         if pending:
             log.warning("KME %s: %d failed request(s) to abort at the peer", cfg.kme_id, len(pending))
-        log.info("KME %s: ETSI GS QKD 014 over mutual TLS on %s:%s", cfg.kme_id, cfg.host, self.port)
+        log.info(
+            "KME %s: ETSI GS QKD 014%s over mutual TLS on %s:%s",
+            cfg.kme_id,
+            " and SKIP" if cfg.skip else "",
+            cfg.host,
+            self.port,
+        )
 
     async def stop(self) -> None:
         """Stop serving (open requests get 2 s), stop the abort task, close the peer client and store."""
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+        await self.relay.stop()
         task, self._abort_task = self._abort_task, None
         if task is not None:
             task.cancel()
@@ -203,7 +219,9 @@ class KmeServer:
                 exc.status,
                 exc.message,
             )
-            return web.json_response(exc.body(), status=exc.status)
+            route = request.match_info.route.name
+            skip = route is not None and route.startswith(SKIP_ROUTES)
+            return web.json_response(skip_error_body(exc) if skip else exc.body(), status=exc.status)
         except web.HTTPRequestEntityTooLarge:
             return web.json_response(
                 {"message": f"the request body exceeds {MAX_BODY_BYTES} bytes"}, status=400
@@ -217,7 +235,8 @@ class KmeServer:
             return web.json_response({"message": "internal error of the KME; see its log"}, status=503)
 
     @staticmethod
-    def _identity(request: web.Request) -> str:
+    def identity(request: web.Request) -> str:
+        """The CommonName of the caller's client certificate (401 without one)."""
         transport = request.transport
         ssl_object = transport.get_extra_info("ssl_object") if transport is not None else None
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
@@ -233,8 +252,9 @@ class KmeServer:
     def _authz(self) -> Authz:
         return authz_mod.authorisation(self._running(), self.node_id)
 
-    def _pair(self, caller: str, master: str, slave: str, role: str) -> Authz:
-        """401 unless the running configuration lets ``caller`` act as ``role`` for master -> slave."""
+    def authorise(self, caller: str, master: str, slave: str, role: str) -> Authz:
+        """401 unless the running configuration lets ``caller`` act as ``role`` for master -> slave;
+        the authorisation view it was judged on."""
         for name, what in ((master, "master_SAE_ID"), (slave, "slave_SAE_ID")):
             if not SAE_ID_RE.fullmatch(name):
                 raise bad(f"{what} {name[:80]!r} is not a valid SAE ID", parameter=what)
@@ -264,9 +284,9 @@ class KmeServer:
 
     # --- ETSI 014 ---------------------------------------------------------------------------------
     async def _status(self, request: web.Request) -> web.StreamResponse:
-        master = self._identity(request)
+        master = self.identity(request)
         slave = request.match_info["slave"]
-        a = self._pair(master, master, slave, "master")
+        a = self.authorise(master, master, slave, "master")
         if request.query:
             raise bad(f"status takes no query parameters, got {next(iter(request.query))[:40]!r}")
         virt = a.virt_route(master, slave)
@@ -293,47 +313,61 @@ class KmeServer:
         return web.json_response(body)
 
     async def _enc_keys(self, request: web.Request) -> web.StreamResponse:
-        master = self._identity(request)
+        master = self.identity(request)
         slave = request.match_info["slave"]
-        a = self._pair(master, master, slave, "master")
+        a = self.authorise(master, master, slave, "master")
         if request.method == "GET":
             req = parse_enc_query(list(request.query.items()), self.limits)
         else:
             if request.query:
                 raise bad("POST enc_keys takes its parameters in the body, not the query string")
             req = parse_enc_body(await request.read(), self.limits)
-        virt = a.virt_route(master, slave)
-        if virt is not None:
-            request_id = new_request_id()
-            keys = await self.relay.enc_keys(virt, master, slave, req.size, req.number, request_id)
-            self.stats.keys_to_masters += len(keys)
-            body = key_container_json(list(zip(key_ids(request_id, req.number), keys, strict=True)))
-            return web.Response(body=body, content_type="application/json")
-        route, peer = self._route(a, master, slave)
-        request_id = new_request_id()
-        if self.node_id < route.peer_qkdn_id:
-            keys = await self._deliver(route, peer, master, slave, req.size, req.number, request_id)
-        else:
-            keys = await self._draw(route, peer, master, slave, req.size, req.number, request_id)
-        self.stats.keys_to_masters += len(keys)
+        request_id, keys = await self.new_keys(a, master, slave, req.size, req.number)
         body = key_container_json(list(zip(key_ids(request_id, req.number), keys, strict=True)))
         return web.Response(body=body, content_type="application/json")
 
     async def _dec_keys(self, request: web.Request) -> web.StreamResponse:
-        slave = self._identity(request)
+        slave = self.identity(request)
         master = request.match_info["master"]
-        self._pair(slave, master, slave, "slave")
+        self.authorise(slave, master, slave, "slave")
         if request.method == "GET":
             req = parse_dec_query(list(request.query.items()), self.limits)
         else:
             if request.query:
                 raise bad("POST dec_keys takes its key_IDs in the body, not the query string")
             req = parse_dec_body(await request.read(), self.limits)
-        keys = await self.store.take(master, slave, req.key_ids)
-        self.stats.keys_to_slaves += len(keys)
-        log.debug("KME %s: %d key(s) of %s delivered to %s", self.config.kme_id, len(keys), master, slave)
+        keys = await self.take_keys(master, slave, req.key_ids)
         body = key_container_json(list(zip(req.key_ids, keys, strict=True)))
         return web.Response(body=body, content_type="application/json")
+
+    # --- key delivery, shared by the ETSI 014 and SKIP front ends ----------------------------------
+    async def new_keys(
+        self, a: Authz, master: str, slave: str, size: int, number: int
+    ) -> tuple[str, list[bytes]]:
+        """A new request of ``number`` keys of ``size`` bits for master -> slave (the caller has been
+        authorised and the numbers checked): shared with the far end over the backing link (direct or
+        relayed) before they are returned. The request id (its first key_ID) and the keys."""
+        virt = a.virt_route(master, slave)
+        if virt is not None:
+            request_id = new_request_id()
+            keys = await self.relay.enc_keys(virt, master, slave, size, number, request_id)
+        else:
+            route, peer = self._route(a, master, slave)
+            request_id = new_request_id()
+            if self.node_id < route.peer_qkdn_id:
+                keys = await self._deliver(route, peer, master, slave, size, number, request_id)
+            else:
+                keys = await self._draw(route, peer, master, slave, size, number, request_id)
+        self.stats.keys_to_masters += len(keys)
+        return request_id, keys
+
+    async def take_keys(self, master: str, slave: str, ids: Sequence[str]) -> list[bytes]:
+        """Hand out the keys ``ids`` (canonical key_IDs) kept here for master -> slave and erase them:
+        all or none, once (a 400 names the first unknown or already delivered key_ID)."""
+        keys = await self.store.take(master, slave, ids)
+        self.stats.keys_to_slaves += len(keys)
+        log.debug("KME %s: %d key(s) of %s delivered to %s", self.config.kme_id, len(keys), master, slave)
+        return keys
 
     # --- the two ways of sharing a request's key with the peer -------------------------------------
     def _no_key(self, exc: KeyStoreError, qkdl_id: str) -> KmeError:
@@ -535,7 +569,7 @@ class KmeServer:
 
     # --- peer channel (server side) ---------------------------------------------------------------
     def _caller_peer(self, request: web.Request, source_qkdn_id: str) -> KmePeerConfig:
-        name = self._identity(request)
+        name = self.identity(request)
         peer = self._peers_by_id.get(source_qkdn_id)
         if peer is None or peer.kme_id != name:
             raise peer_error(
@@ -650,6 +684,7 @@ class KmeServer:
         if isinstance(msg, AbortMsg):
             erased, bits, own = outcome
             self.stats.aborts_received += 1
+            self._wake_aborts()  # a relay passes the abort on to its next hop
             log.warning(
                 "KME %s: request %s over link %s aborted by the peer (%s): %d undelivered key(s) erased,"
                 " %d bits discarded",
