@@ -210,3 +210,54 @@ def test_canonical_session_is_consistent(ctx: libyang.Context) -> None:
     assert app_a["backing_qkdl_id"] == app_c["backing_qkdl_id"] == [virt_id]
     assert (app_a["local_qkdn_id"], app_a["remote_qkdn_id"]) == (id_a, id_c)
     assert (app_c["local_qkdn_id"], app_c["remote_qkdn_id"]) == (id_c, id_a)
+
+
+# ------------------------------------------------------------------------------------------------
+# The entanglement chain A - R - B: one session across an end, a repeater and an end
+# ------------------------------------------------------------------------------------------------
+E = "qsdn-entanglement:"
+
+
+def test_entanglement_chain_is_consistent(ctx: libyang.Context) -> None:
+    a = load_node(ctx, "entanglement-chain-end-a.xml")
+    r = load_node(ctx, "entanglement-chain-repeater.json")
+    b = load_node(ctx, "entanglement-chain-end-b.xml")
+    ids = {name: node["qkdn_id"] for name, node in (("a", a), ("r", r), ("b", b))}
+    ent = {name: node[E + "entanglement"] for name, node in (("a", a), ("r", r), ("b", b))}
+    sessions = {name: e["sessions"]["session"] for name, e in ent.items()}
+    assert all(len(s) == 1 for s in sessions.values())
+    sa, sr, sb = (sessions[n][0] for n in ("a", "r", "b"))
+
+    # The same session on every node of its path: id, ends, path, targets, application.
+    shared = ("session_id", "end_a_qkdn_id", "end_b_qkdn_id", "path", "application", "target_fidelity")
+    for key in shared:
+        assert sa[key] == sr[key] == sb[key], key
+    assert sa["path"] == [ids["a"], ids["r"], ids["b"]]
+    assert (sa["role"], sr["role"], sb["role"]) == ("end", "repeater", "end")
+
+    # Hops follow the path, and every hop is an elementary link configured at both of its ends.
+    assert "prev_hop" not in sa and sa["next_hop"] == ids["r"]
+    assert sr["prev_hop"] == ids["a"] and sr["next_hop"] == ids["b"]
+    assert sb["prev_hop"] == ids["r"] and "next_hop" not in sb
+
+    def elinks(name: str) -> dict[str, dict[str, Any]]:
+        return {link["link_id"]: link for link in ent[name]["elementary_links"]["elementary_link"]}
+
+    for end in ("a", "b"):
+        (link_id,) = elinks(end)
+        at_end, at_repeater = elinks(end)[link_id], elinks("r")[link_id]
+        assert at_end["remote_qkdn_id"] == ids["r"] and at_repeater["remote_qkdn_id"] == ids[end]
+        for key in ("station_qkdn_id", "heralding", "length_km", "modes"):
+            assert at_end[key] == at_repeater[key], (end, key)
+    assert len(elinks("r")) == 2
+
+    # Only the repeater swaps (nested, round 1) and it needs memories; only the ends hold the key.
+    assert sa["swap_order"] == sr["swap_order"] == E + "nested"
+    assert sr["swap_round"] == 1 and "swap_round" not in sa and "swap_round" not in sb
+    assert ent["r"]["memories"]["count"] >= 2
+    assert "key_qkdl_id" not in sr
+    assert sa["key_qkdl_id"] == sb["key_qkdl_id"]
+    key_a, key_b = links(a)[sa["key_qkdl_id"]], links(b)[sb["key_qkdl_id"]]
+    assert key_a["qkdl_type"] == key_b["qkdl_type"] == T + "VIRT"
+    assert key_a["qkdl_local"] == key_b["qkdl_remote"] and key_a["qkdl_remote"] == key_b["qkdl_local"]
+    assert "virt_next_hop" not in key_a and "virt_prev_hop" not in key_b  # no trusted relay

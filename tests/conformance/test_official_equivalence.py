@@ -30,6 +30,7 @@ from pyang import repository as pyang_repository
 
 from tests.conformance.yangpaths import (
     EMULATION_MODULE,
+    ENTANGLEMENT_MODULE,
     IETF_DIR,
     INVALID_DIR,
     INVALID_INSTANCES,
@@ -178,6 +179,7 @@ def fixed_official_ctx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[lib
     shutil.copy(OFFICIAL_YANG_DIR / TYPES_MODULE, folder / TYPES_MODULE)
     # qsdn's own modules on top, so that every instance document can be checked.
     shutil.copy(YANG_DIR / EMULATION_MODULE, folder / EMULATION_MODULE)
+    shutil.copy(YANG_DIR / ENTANGLEMENT_MODULE, folder / ENTANGLEMENT_MODULE)
     shutil.copy(YANG_DIR / NOTIFICATIONS_MODULE, folder / NOTIFICATIONS_MODULE)
     ctx = make_context(folder, IETF_DIR)
     assert Path(ctx.get_module("etsi-qkd-sdn-node").filepath()).parent == folder

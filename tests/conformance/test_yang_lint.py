@@ -20,6 +20,7 @@ import pytest
 
 from tests.conformance.yangpaths import (
     EMULATION_MODULE,
+    ENTANGLEMENT_MODULE,
     IETF_DIR,
     IMPLEMENTED_MODULES,
     NOTIFICATIONS_MODULE,
@@ -76,6 +77,7 @@ def test_module_files_are_the_expected_ones() -> None:
             "etsi-qkd-node-types@2022-01-30.yang",
             "etsi-qkd-sdn-node@2022-01-30.yang",
             EMULATION_MODULE,
+            ENTANGLEMENT_MODULE,
             NOTIFICATIONS_MODULE,
             "qsdn-orchestrator@2026-11-28.yang",
         ]
@@ -192,6 +194,85 @@ module: qsdn-qkd-emulation
        +--rw eavesdropper?   decimal64
 """
 
+ENTANGLEMENT_TREE = """\
+module: qsdn-entanglement
+
+  augment /etsi-qkdn:qkd_node:
+    +--rw entanglement!
+       +--rw memories!
+       |  +--rw count                      uint32
+       |  +--rw coherence_time_s           duration-s
+       |  +--rw dephasing_time_s?          duration-s
+       |  +--rw readout_fidelity?          qubit-fidelity
+       |  +--rw initialisation_fidelity?   qubit-fidelity
+       |  +--ro in_use?                    uint32
+       |  +--ro free?                      uint32
+       +--rw sources
+       |  +--rw source* [source_id]
+       |     +--rw source_id              uint32
+       |     +--rw kind                   identityref
+       |     +--rw modes?                 uint32
+       |     +--rw initial_fidelity?      fidelity
+       |     +--rw alpha?                 decimal64
+       |     +--ro success_probability?   probability
+       +--rw bsm_station
+       |  +--rw midpoint?                   boolean
+       |  +--rw detector_efficiency?        probability
+       |  +--rw dark_count_probability?     probability
+       |  +--rw swap_success_probability?   probability
+       +--rw elementary_links
+       |  +--rw elementary_link* [link_id]
+       |     +--rw link_id             yang:uuid
+       |     +--rw remote_qkdn_id      yang:uuid
+       |     +--rw station_qkdn_id?    yang:uuid
+       |     +--rw source_id?          -> ../../../sources/source/source_id
+       |     +--rw length_km?          distance-km
+       |     +--rw loss_db?            loss-db
+       |     +--rw modes?              uint32
+       |     +--rw heralding           identityref
+       |     +--rw initial_fidelity?   fidelity
+       |     +--ro status?             enumeration
+       |     +--ro pairs_generated?    yang:counter64
+       |     +--ro rate_pairs_per_s?   pair-rate
+       |     +--ro mean_fidelity?      fidelity
+       +--rw sessions
+          +--rw session* [session_id]
+             +--rw session_id                 yang:uuid
+             +--rw role                       enumeration
+             +--rw end_a_qkdn_id              yang:uuid
+             +--rw end_b_qkdn_id              yang:uuid
+             +--rw path*                      yang:uuid
+             +--rw prev_hop?                  yang:uuid
+             +--rw next_hop?                  yang:uuid
+             +--rw swap_order?                identityref
+             +--rw swap_round                 uint8
+             +--rw purification
+             |  +--rw protocol?   enumeration
+             |  +--rw rounds?     uint8
+             +--rw cutoff_time_s?             duration-s
+             +--rw target_fidelity?           fidelity
+             +--rw target_rate_pairs_per_s?   decimal64
+             +--rw application                enumeration
+             +--rw key_qkdl_id?               -> /etsi-qkdn:qkd_node/qkd_links/qkd_link/qkdl_id
+             +--ro status?                    session-status
+             +--ro achieved_fidelity?         fidelity
+             +--ro rate_pairs_per_s?          pair-rate
+             +--ro pairs_delivered?           yang:counter64
+             +--ro key_bits?                  yang:counter64
+             +--ro qber?                      decimal64
+
+  notifications:
+    +---n entanglement_session_update
+       +--ro session
+          +--ro session_id           yang:uuid
+          +--ro status               session-status
+          +--ro reason?              enumeration
+          +--ro achieved_fidelity?   fidelity
+          +--ro target_fidelity?     fidelity
+          +--ro rate_pairs_per_s?    pair-rate
+          +--ro link_id?             yang:uuid
+"""
+
 NOTIFICATIONS_TREE = """\
 module: notifications
 
@@ -207,8 +288,12 @@ module: notifications
 
 @pytest.mark.parametrize(
     ("module", "expected"),
-    [(EMULATION_MODULE, EMULATION_TREE), (NOTIFICATIONS_MODULE, NOTIFICATIONS_TREE)],
-    ids=["qsdn-qkd-emulation", "notifications"],
+    [
+        (EMULATION_MODULE, EMULATION_TREE),
+        (ENTANGLEMENT_MODULE, ENTANGLEMENT_TREE),
+        (NOTIFICATIONS_MODULE, NOTIFICATIONS_TREE),
+    ],
+    ids=["qsdn-qkd-emulation", "qsdn-entanglement", "notifications"],
 )
 def test_tree_is_the_agreed_contract(module: str, expected: str) -> None:
     """Agent and controller code is written against these names; change them only on purpose."""
@@ -229,5 +314,115 @@ def test_emulation_ranges_and_defaults() -> None:
         assert qber.units() is None
         phys = next(ctx.find_path(f"{link}/qsdn-qkd-emulation:qsdn_phys"))
         assert phys.config_false()
+    finally:
+        ctx.destroy()
+
+
+ENT_NODE = (
+    '<qkd_node xmlns="urn:etsi:qkd:yang:etsi-qkd-node">'
+    "<qkdn_id>0e000000-0000-4000-8000-0000000000d1</qkdn_id>"
+    '<entanglement xmlns="urn:qsdn:yang:qsdn-entanglement" xmlns:e="urn:qsdn:yang:qsdn-entanglement">'
+    "{}</entanglement></qkd_node>"
+)
+
+
+@pytest.mark.parametrize(
+    ("content", "accepted"),
+    [
+        ("<memories><count>1</count><coherence_time_s>0.000000001</coherence_time_s></memories>", True),
+        ("<memories><count>0</count><coherence_time_s>1</coherence_time_s></memories>", False),
+        ("<memories><count>1</count><coherence_time_s>0</coherence_time_s></memories>", False),
+        (
+            "<memories><count>1</count><coherence_time_s>1</coherence_time_s>"
+            "<readout_fidelity>0.5</readout_fidelity></memories>",
+            True,
+        ),
+        (
+            "<memories><count>1</count><coherence_time_s>1</coherence_time_s>"
+            "<readout_fidelity>0.49</readout_fidelity></memories>",
+            False,
+        ),
+        ("<bsm_station><detector_efficiency>0</detector_efficiency></bsm_station>", True),
+        ("<bsm_station><detector_efficiency>1</detector_efficiency></bsm_station>", True),
+        ("<bsm_station><detector_efficiency>1.000000001</detector_efficiency></bsm_station>", False),
+        ("<bsm_station><dark_count_probability>-0.1</dark_count_probability></bsm_station>", False),
+        (
+            "<sources><source><source_id>1</source_id><kind>e:spdc</kind>"
+            "<initial_fidelity>0.25</initial_fidelity></source></sources>",
+            True,
+        ),
+        (
+            "<sources><source><source_id>1</source_id><kind>e:spdc</kind>"
+            "<initial_fidelity>1</initial_fidelity></source></sources>",
+            True,
+        ),
+        (
+            "<sources><source><source_id>1</source_id><kind>e:spdc</kind>"
+            "<initial_fidelity>0.249999</initial_fidelity></source></sources>",
+            False,
+        ),
+        (
+            "<sources><source><source_id>1</source_id><kind>e:spdc</kind>"
+            "<initial_fidelity>1.000001</initial_fidelity></source></sources>",
+            False,
+        ),
+        (
+            "<sources><source><source_id>1</source_id><kind>e:single-click</kind>"
+            "<alpha>0.5</alpha></source></sources>",
+            True,
+        ),
+        (
+            "<sources><source><source_id>1</source_id><kind>e:single-click</kind>"
+            "<alpha>0</alpha></source></sources>",
+            False,
+        ),
+        (
+            "<sources><source><source_id>1</source_id><kind>e:spdc</kind><modes>0</modes></source></sources>",
+            False,
+        ),
+        ("", True),
+    ],
+)
+def test_entanglement_ranges(content: str, accepted: bool) -> None:
+    """Boundaries of the module's ranges: fidelities [0.25, 1], probabilities [0, 1], counts >= 1."""
+    ctx = make_context(YANG_DIR, IETF_DIR)
+    try:
+        doc = ENT_NODE.format(content)
+        if accepted:
+            tree = ctx.parse_data_mem(doc, "xml", strict=True, no_state=True, validate_present=True)
+            assert tree is not None
+            tree.free()
+        else:
+            with pytest.raises(libyang.LibyangError):
+                ctx.parse_data_mem(doc, "xml", strict=True, no_state=True, validate_present=True)
+    finally:
+        ctx.destroy()
+
+
+def test_entanglement_defaults_and_state() -> None:
+    ctx = make_context(YANG_DIR, IETF_DIR)
+    try:
+        ent = "/etsi-qkd-sdn-node:qkd_node/qsdn-entanglement:entanglement"
+
+        def node(path: str) -> libyang.SNode:
+            return next(ctx.find_path(ent + "".join(f"/qsdn-entanglement:{p}" for p in path.split("/"))))
+
+        assert node("sessions/session/swap_order").default() == "qsdn-entanglement:asap"
+        assert node("sessions/session/purification/protocol").default() == "none"
+        for state in (
+            "memories/in_use",
+            "memories/free",
+            "sources/source/success_probability",
+            "elementary_links/elementary_link/status",
+            "sessions/session/status",
+            "sessions/session/achieved_fidelity",
+            "sessions/session/key_bits",
+            "sessions/session/qber",
+        ):
+            assert node(state).config_false(), state
+        assert not node("sessions/session/key_qkdl_id").config_false()
+        # A node without entanglement hardware has no entanglement container: the mandatory
+        # leaves inside bind only once the container is there.
+        assert next(ctx.find_path(ent)).presence() is not None
     finally:
         ctx.destroy()

@@ -36,6 +36,7 @@ TYPES_MODULE = "etsi-qkd-node-types@2022-01-30.yang"
 NODE_MODULE = "etsi-qkd-sdn-node@2022-01-30.yang"
 EMULATION_MODULE = "qsdn-qkd-emulation@2026-11-28.yang"
 NOTIFICATIONS_MODULE = "notifications@2008-07-14.yang"
+ENTANGLEMENT_MODULE = "qsdn-entanglement@2026-11-28.yang"
 
 # Modules a qsdn agent implements, in load order.  etsi-qkd-node-types must be *implemented*,
 # not only imported: identities of an import-only module are not valid identityref values
@@ -44,6 +45,7 @@ IMPLEMENTED_MODULES = (
     "etsi-qkd-node-types",
     "etsi-qkd-sdn-node",
     "qsdn-qkd-emulation",
+    "qsdn-entanglement",
     "notifications",
     "ietf-netconf",
 )
@@ -78,6 +80,14 @@ VALID_INSTANCES: dict[str, str] = {
     "rpc-create-subscription-replay.xml": "rpc",
     "notif-link-perf-update.json": "notif",
     "notif-alarm-link.xml": "notif",
+    # Entanglement-based networking: the chain A - R - B of one session (end, repeater, end), the
+    # midpoint station of hop A - R, an end node's state, and the session notification.
+    "entanglement-chain-end-a.xml": "config",
+    "entanglement-chain-repeater.json": "config",
+    "entanglement-chain-end-b.xml": "config",
+    "entanglement-midpoint-station.xml": "config",
+    "entanglement-end-a-state.json": "data",
+    "notif-entanglement-session-update.xml": "notif",
 }
 
 
@@ -152,6 +162,84 @@ INVALID_INSTANCES: dict[str, Rejection] = {
     "invalid-notif-unknown-leaf.json": Rejection(
         "notif", 'Node "qkdl_status" not found as a child of "qkd_link" node'
     ),
+    # qsdn-entanglement: each case breaks one rule of the module, named by its error-message.
+    "invalid-ent-key-link-on-repeater.json": Rejection(
+        "config", "key_qkdl_id is set on a repeater: BBM92 key exists only at the two end nodes"
+    ),
+    "invalid-ent-key-link-for-pairs.xml": Rejection(
+        "config", "key_qkdl_id belongs to bbm92-key sessions only"
+    ),
+    "invalid-ent-key-link-dangling.xml": Rejection(
+        "config", 'Invalid leafref value "2e000000-0000-4000-8000-0000000000ff" - no target instance'
+    ),
+    "invalid-ent-bbm92-end-without-key-link.xml": Rejection(
+        "config", "a bbm92-key session needs key_qkdl_id on its end nodes"
+    ),
+    "invalid-ent-bbm92-low-target-fidelity.json": Rejection(
+        "config", "a bbm92-key session needs a target fidelity above 0.835"
+    ),
+    "invalid-ent-fidelity-above-one.xml": Rejection(
+        "config", "a pair fidelity is between 0.25 (maximally mixed) and 1"
+    ),
+    "invalid-ent-fidelity-below-quarter.json": Rejection(
+        "config", "a pair fidelity is between 0.25 (maximally mixed) and 1"
+    ),
+    "invalid-ent-probability-out-of-range.xml": Rejection("config", "a probability is between 0 and 1"),
+    "invalid-ent-zero-memories.xml": Rejection("config", "a node with memories has at least one"),
+    "invalid-ent-zero-modes.json": Rejection("config", "an elementary link uses at least one mode"),
+    "invalid-ent-missing-coherence-time.json": Rejection(
+        "config", 'Mandatory node "coherence_time_s" instance does not exist'
+    ),
+    "invalid-ent-unknown-swap-order.json": Rejection(
+        "config", 'Invalid identityref "qsdn-entanglement:fastest-first" value - identity not found'
+    ),
+    "invalid-ent-nested-without-round.json": Rejection(
+        "config", 'Mandatory node "swap_round" instance does not exist'
+    ),
+    "invalid-ent-swap-round-too-large.json": Rejection(
+        "config", "swap_round is at most the number of repeaters of the path"
+    ),
+    "invalid-ent-repeater-without-memories.json": Rejection("config", "a repeater needs quantum memories"),
+    "invalid-ent-repeater-one-hop.json": Rejection(
+        "config", "a repeater has a previous and a next hop, an end node exactly one of them"
+    ),
+    "invalid-ent-role-repeater-on-end.xml": Rejection(
+        "config", "role is 'end' exactly on the two end nodes of the session, 'repeater' on the others"
+    ),
+    "invalid-ent-same-end-nodes.json": Rejection(
+        "config", "an entanglement session joins two different end nodes"
+    ),
+    "invalid-ent-path-wrong-end.xml": Rejection(
+        "config", "the path of a session starts at end_a_qkdn_id and ends at end_b_qkdn_id"
+    ),
+    "invalid-ent-path-without-this-node.json": Rejection(
+        "config", "a node only holds sessions whose path goes through it"
+    ),
+    "invalid-ent-hop-not-in-path-order.json": Rejection(
+        "config", "prev_hop is the node before this one in path"
+    ),
+    "invalid-ent-hop-without-elementary-link.json": Rejection(
+        "config", "next_hop needs an elementary link to that node"
+    ),
+    "invalid-ent-elementary-link-to-self.xml": Rejection(
+        "config", "an elementary link joins this node to another node"
+    ),
+    "invalid-ent-dangling-source.xml": Rejection(
+        "config", 'Invalid leafref value "7" - no target instance "../../../sources/source/source_id"'
+    ),
+    "invalid-ent-alpha-on-barrett-kok.xml": Rejection(
+        "config", "When condition \"derived-from-or-self(../kind, 'qsdn-ent:single-click')\" not satisfied"
+    ),
+    "invalid-ent-rounds-without-purification.xml": Rejection(
+        "config", "When condition \"../protocol != 'none'\" not satisfied"
+    ),
+    "invalid-ent-state-in-config.xml": Rejection(
+        "config", 'Unexpected data state node "achieved_fidelity" found'
+    ),
+    "invalid-ent-key-bits-on-repeater.json": Rejection(
+        "data", "When condition \"../role = 'end' and ../application = 'bbm92-key'\" not satisfied"
+    ),
+    "invalid-ent-notif-unknown-reason.xml": Rejection("notif", 'Invalid enumeration value "bad_weather"'),
 }
 
 
@@ -211,6 +299,7 @@ def our_schema_files() -> list[Path]:
         YANG_DIR / TYPES_MODULE,
         YANG_DIR / NODE_MODULE,
         YANG_DIR / EMULATION_MODULE,
+        YANG_DIR / ENTANGLEMENT_MODULE,
         YANG_DIR / NOTIFICATIONS_MODULE,
         IETF_DIR / "ietf-netconf.yang",
     ]
