@@ -9,8 +9,14 @@ The controller provisions a key session by writing a CLIENT ``qkd_app`` on both 
   the backing link and shared with the KME of ``remote_qkdn_id``;
 * each slave SAE may call ``dec_keys`` for keys that master's session left here.
 
-Any other SAE, or another pair, is refused (401). Only CLIENT applications count; INTERNAL ones belong
-to the network (relaying). The application must name this node as ``local_qkdn_id``.
+Any other SAE, or another pair, is refused (401). Only CLIENT applications grant keys to SAEs; the
+application must name this node as ``local_qkdn_id``.
+
+INTERNAL applications authorise relaying (:meth:`Authorisation.relay_grant`): controller/provision.py
+gives every relay node of a VIRT link one INTERNAL application per adjacent PHYS link of the path, with
+``server_app_id`` = ``urn:qsdn:relay:<virt qkdl_id>``, ``backing_qkdl_id`` = that PHYS link and
+``remote_qkdn_id`` = the adjacent node. A relay node takes a hop of a VIRT link from, and passes it to,
+only the neighbours such applications name.
 
 The application is the same at both ends (local and remote swapped), so the 015 data does not say at
 which of the two nodes the master SAE is attached: a master may open its session at either end, and
@@ -34,7 +40,7 @@ from lxml import etree
 
 from agent.datastore import wrap
 
-__all__ = ["AppGrant", "Authorisation", "LinkInfo", "Route", "authorisation"]
+__all__ = ["AppGrant", "Authorisation", "InternalGrant", "LinkInfo", "Route", "authorisation"]
 
 NS = "urn:etsi:qkd:yang:etsi-qkd-node"
 TYPES_NS = "urn:etsi:qkd:yang:etsi-qkd-node-types"
@@ -78,6 +84,8 @@ class LinkInfo:
     virt_prev_hop: str | None = None
     virt_next_hop: str | None = None
     virt_bandwidth: int | None = None
+    #: every ``virt_next_hop`` entry, in order (several: a multicast branch, see agent/kme/relay.py)
+    virt_next_hops: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,21 @@ class AppGrant:
     slaves: frozenset[str]
     backing: tuple[str, ...]
     remote_qkdn_id: str | None
+
+
+@dataclass(frozen=True)
+class InternalGrant:
+    """An INTERNAL application: relay capacity of the VIRT link named by ``server_app_id`` reserved on
+    the PHYS link(s) ``backing`` towards node ``remote_qkdn_id``."""
+
+    app_id: str
+    server_app_id: str
+    backing: tuple[str, ...]
+    remote_qkdn_id: str | None
+
+
+#: ``server_app_id`` of the INTERNAL applications relaying a VIRT link (controller/provision.py).
+RELAY_APP_PREFIX = "urn:qsdn:relay:"
 
 
 @dataclass(frozen=True)
@@ -111,6 +134,16 @@ class Authorisation:
     node_id: str
     links: dict[str, LinkInfo] = field(default_factory=dict)
     by_pair: dict[tuple[str, str], tuple[AppGrant, ...]] = field(default_factory=dict)
+    internal: tuple[InternalGrant, ...] = ()
+
+    def relay_grant(self, virt_qkdl_id: str, qkdl_id: str, node: str) -> InternalGrant | None:
+        """The INTERNAL application that lets this node relay VIRT link ``virt_qkdl_id`` over the PHYS
+        link ``qkdl_id`` with the adjacent ``node``, if the controller configured one."""
+        want = RELAY_APP_PREFIX + virt_qkdl_id
+        for app in self.internal:
+            if app.server_app_id == want and qkdl_id in app.backing and app.remote_qkdn_id == node:
+                return app
+        return None
 
     def apps(self, master: str, slave: str) -> tuple[AppGrant, ...]:
         """CLIENT applications at this node for the ``master`` -> ``slave`` pair, by app_id."""
@@ -195,6 +228,7 @@ def authorisation(running_xml: str, node_id: str) -> Authorisation:
     node_id = node_id.lower()
     links: dict[str, LinkInfo] = {}
     pairs: dict[tuple[str, str], list[AppGrant]] = {}
+    internal: list[InternalGrant] = []
     node = wrap(running_xml).find(_q("qkd_node")) if running_xml.strip() else None
     if node is not None:
         for link in node.iterfind(f"{_q('qkd_links')}/{_q('qkd_link')}"):
@@ -204,7 +238,12 @@ def authorisation(running_xml: str, node_id: str) -> Authorisation:
             kind = _identity(link, "qkdl_type") or ""
             remote = _text(link, "qkdl_remote", "qkdn_id")
             local = _text(link, "qkdl_local", "qkdn_id")
-            prev_hop, next_hop = _text(link, "virt_prev_hop"), _text(link, "virt_next_hop")
+            prev_hop = _text(link, "virt_prev_hop")
+            next_hops = tuple(
+                (e.text or "").strip().lower()
+                for e in link.iterfind(_q("virt_next_hop"))
+                if (e.text or "").strip()
+            )
             bandwidth = _text(link, "virt_bandwidth")
             links[qkdl_id] = LinkInfo(
                 qkdl_id=qkdl_id,
@@ -213,18 +252,34 @@ def authorisation(running_xml: str, node_id: str) -> Authorisation:
                 remote_qkdn_id=remote.lower() if remote else None,
                 local_qkdn_id=local.lower() if local else None,
                 virt_prev_hop=prev_hop.lower() if prev_hop else None,
-                virt_next_hop=next_hop.lower() if next_hop else None,
+                virt_next_hop=next_hops[0] if next_hops else None,
                 virt_bandwidth=int(bandwidth) if bandwidth and bandwidth.isdigit() else None,
+                virt_next_hops=next_hops,
             )
         for app in node.iterfind(f"{_q('qkd_applications')}/{_q('qkd_app')}"):
             app_id = _text(app, "app_id")
             master = _text(app, "server_app_id")
-            if app_id is None or master is None or _identity(app, "app_type") != "CLIENT":
+            app_type = _identity(app, "app_type")
+            if app_id is None or master is None or app_type not in ("CLIENT", "INTERNAL"):
                 continue
             local = _text(app, "local_qkdn_id")
             if local is None or local.lower() != node_id:
                 continue
             remote = _text(app, "remote_qkdn_id")
+            if app_type == "INTERNAL":
+                internal.append(
+                    InternalGrant(
+                        app_id=app_id,
+                        server_app_id=master,
+                        backing=tuple(
+                            (e.text or "").strip()
+                            for e in app.iterfind(_q("backing_qkdl_id"))
+                            if (e.text or "").strip()
+                        ),
+                        remote_qkdn_id=remote.lower() if remote else None,
+                    )
+                )
+                continue
             slaves = frozenset(
                 (e.text or "").strip() for e in app.iterfind(_q("client_app_id")) if (e.text or "").strip()
             )
@@ -245,4 +300,5 @@ def authorisation(running_xml: str, node_id: str) -> Authorisation:
         node_id=node_id,
         links=links,
         by_pair={k: tuple(sorted(v, key=lambda a: a.app_id)) for k, v in pairs.items()},
+        internal=tuple(sorted(internal, key=lambda a: a.app_id)),
     )

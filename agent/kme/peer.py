@@ -35,7 +35,13 @@ nbits]`` triples of the link's key store, in order; key *i* of ``size`` bits is 
     discarded those of the caller's ``ranges`` still free here. 200 ``{"erased": n, "discarded_bits": m,
     "ranges": [...]}`` with the ranges this end had consumed for the request, which the caller discards
     in turn where still free: afterwards both key stores have used up the same bits, and every one of
-    them is in the accounting. Idempotent; the caller retries until it is answered.
+    them is in the accounting. Idempotent; the caller retries until it is answered. On a relay path
+    the receiver also discards what it took for the request on its other links and journals an abort
+    for its own outgoing hop, so the abort goes on to the far end (:mod:`agent.kme.relay`).
+
+``reserve`` and ``relay`` (trusted relay over VIRT links) are described in :mod:`agent.kme.relay`.
+An op may wait longer than the channel's timeout (:meth:`PeerChannel.send`): a ``relay`` op waits for
+the rest of its path.
 """
 
 from __future__ import annotations
@@ -344,6 +350,7 @@ class _PeerConnector(aiohttp.TCPConnector):
 class _Pending:
     body: dict[str, Any]
     future: asyncio.Future[dict[str, Any]]
+    timeout_s: float
 
 
 class PeerChannel:
@@ -351,7 +358,9 @@ class PeerChannel:
 
     :meth:`send` queues an op for a peer and waits for its result. Per peer at most ``max_inflight``
     batches are in flight; ops that arrive meanwhile leave together in the next batch (no added delay
-    when the channel is idle). Every batch has the timeout ``timeout_s``.
+    when the channel is idle). An op waits ``timeout_s`` for its answer unless :meth:`send` gives it
+    another timeout (a relay op waits for the rest of its path, :mod:`agent.kme.relay`); only ops with
+    the same timeout share a batch, so a quick op never waits behind a relay's long one.
     """
 
     def __init__(
@@ -365,6 +374,7 @@ class PeerChannel:
         max_batch: int = 256,
     ) -> None:
         self._ssl = ssl_context
+        self._timeout_s = timeout_s
         self._timeout = aiohttp.ClientTimeout(total=timeout_s)
         self._source = source_qkdn_id
         self._names: dict[tuple[str, int], str] = {}
@@ -401,12 +411,19 @@ class PeerChannel:
             session, self._session = self._session, None
             await session.close()
 
-    async def send(self, peer: KmePeerConfig, msg: PeerMsg) -> dict[str, Any]:
-        """Send one op; its result payload (status 200), or :class:`PeerCallError`."""
+    async def send(self, peer: KmePeerConfig, msg: Any, *, timeout_s: float | None = None) -> dict[str, Any]:
+        """Send one op (anything with ``body()``); its result payload (status 200), or
+        :class:`PeerCallError` (status None and reason ``timeout`` when no answer came within
+        ``timeout_s``, by default the channel's)."""
+        wait = self._timeout_s if timeout_s is None else timeout_s
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._queues[peer.qkdn_id].append(_Pending(msg.body(), fut))
+        self._queues[peer.qkdn_id].append(_Pending(msg.body(), fut, wait))
         self._pump(peer)
-        result = await fut
+        try:
+            # the batch's HTTP timeout is the same; this also bounds the time spent queued
+            result = await asyncio.wait_for(asyncio.shield(fut), wait + 0.5)
+        except TimeoutError:
+            raise PeerCallError(peer, None, "timeout", "no answer in time") from None
         status = result.get("status")
         if status != 200:
             reason = str(result.get("reason", "error"))[:40]
@@ -419,8 +436,10 @@ class PeerChannel:
     def _pump(self, peer: KmePeerConfig) -> None:
         queue = self._queues[peer.qkdn_id]
         while queue and self._inflight[peer.qkdn_id] < self._max_inflight:
-            batch = queue[: self._max_batch]
-            del queue[: self._max_batch]
+            wait = queue[0].timeout_s
+            batch = [p for p in queue if p.timeout_s == wait][: self._max_batch]
+            chosen = {id(p) for p in batch}
+            queue[:] = [p for p in queue if id(p) not in chosen]
             self._inflight[peer.qkdn_id] += 1
             task = asyncio.get_running_loop().create_task(
                 self._post(peer, batch), name=f"kme-peer-{peer.kme_id}"
@@ -430,7 +449,7 @@ class PeerChannel:
 
     async def _post(self, peer: KmePeerConfig, batch: list[_Pending]) -> None:
         try:
-            results = await self._exchange(peer, [p.body for p in batch])
+            results = await self._exchange(peer, [p.body for p in batch], batch[0].timeout_s)
             for p, r in zip(batch, results, strict=True):
                 if not p.future.done():
                     p.future.set_result(r)
@@ -442,13 +461,16 @@ class PeerChannel:
             self._inflight[peer.qkdn_id] -= 1
             self._pump(peer)
 
-    async def _exchange(self, peer: KmePeerConfig, ops: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def _exchange(
+        self, peer: KmePeerConfig, ops: list[dict[str, Any]], timeout_s: float
+    ) -> list[dict[str, Any]]:
         url = f"{peer.url}{BATCH_PATH}"
         body = {"v": VERSION, "source_qkdn_id": self._source, "ops": ops}
         self.batches_sent += 1
         self.ops_sent += len(ops)
+        timeout = self._timeout if timeout_s == self._timeout_s else aiohttp.ClientTimeout(total=timeout_s)
         try:
-            async with self._client().post(url, json=body) as resp:
+            async with self._client().post(url, json=body, timeout=timeout) as resp:
                 raw = await resp.read()
                 status = resp.status
         except _IdentityError as exc:

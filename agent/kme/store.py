@@ -17,8 +17,25 @@ what it became commit in one transaction):
     that completes leaves no row. At start-up every ``pending`` row becomes ``aborting`` (the SAE
     never got those keys).
 ``kme_aborted``
-    request ids the peer aborted, remembered for a day, so that a ``deliver`` or ``draw`` for one of
-    them that arrives late (after the abort) is refused instead of creating keys nobody can ask for.
+    request ids the peer aborted, remembered for a day, so that a ``deliver``, ``draw``, ``reserve`` or
+    ``relay`` for one of them that arrives late (after the abort) is refused instead of creating keys
+    nobody can ask for, and so that a relay that is still forwarding one of them stops.
+``kme_pads``
+    one-time pads a relay hop reserved at this end (the drawing end of the hop's PHYS link) and that
+    the hop's ``relay`` op has not used yet: request id, link, the sender's node, the pad and when it
+    was taken. The pad's bits are consumed (``kme:<request_id>``) in the same transaction, so a reserve
+    survives a restart; a pad the relay op never comes for is erased after
+    :data:`agent.kme.relay.RESERVE_TTL_S` and its bits recorded as discarded
+    (:meth:`KmeStore.expire_pads`), as is one whose request is aborted.
+
+Aborts along a relay path: every node of a VIRT link's path journals the request once, for its
+outgoing hop (``peer`` = the next node), so an ``abort`` always travels downstream. A node that gets
+one for its incoming hop (:meth:`KmeStore.abort_here_op`) discards what it consumed for the request on
+*every* link and, when it consumed on other links than the aborted one (a relay's outgoing hop), marks
+its own journal entry for the request ``aborting`` (creating it if the request had completed here),
+so the abort loop carries the abort to the next node, and so on to the far end, which erases the
+keys it kept. A relay still forwarding the request then finds it aborted (:meth:`KmeStore.finish`
+returns False) and fails it.
 
 Link key consumed for a request is recorded in the key store's accounting with the consumer
 ``kme:<request_id>`` at both ends, so a failed request is reclassified as *discarded* at both ends
@@ -87,6 +104,14 @@ _TABLES = (
     """CREATE TABLE IF NOT EXISTS kme_aborted (
         request_id TEXT    PRIMARY KEY,
         at         REAL    NOT NULL
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS kme_pads (
+        request_id TEXT    NOT NULL,
+        qkdl_id    TEXT    NOT NULL,
+        peer       TEXT    NOT NULL,
+        pad        BLOB    NOT NULL,
+        created    REAL    NOT NULL,
+        PRIMARY KEY (request_id, qkdl_id)
     ) WITHOUT ROWID""",
 )
 
@@ -264,6 +289,9 @@ class KmeStore:
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self.commits = 0
         self.operations = 0
+        #: the adjacent node a PHYS link leads to (set by the relay logic), for aborts that go on
+        #: along a relay path past a request this node had completed
+        self.link_peer: Callable[[str], str | None] | None = None
 
     # --- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -394,6 +422,7 @@ class KmeStore:
         """This end draws the key (``consume``) and journals the request before telling the peer."""
 
         def op(b: KeyStoreBatch) -> tuple[list[KeyRange], bytes]:
+            _not_aborted(b, request_id)
             got = b.consume(qkdl_id, size * count, tag(request_id))
             _journal(
                 b,
@@ -417,6 +446,7 @@ class KmeStore:
         """Journal a request before asking the peer to draw its key (so a crash can abort it)."""
 
         def op(b: KeyStoreBatch) -> None:
+            _not_aborted(b, request_id)
             _journal(
                 b,
                 request_id=request_id,
@@ -432,13 +462,17 @@ class KmeStore:
 
         await self.call(op, "journal a draw request")
 
-    async def finish(self, request_id: str) -> None:
-        """The request completed at both ends: forget its journal entry."""
+    async def finish(self, request_id: str) -> bool:
+        """The request completed with the peer: forget its journal entry. False (and the entry stays)
+        if the request was aborted meanwhile (an abort that came along a relay path): it must fail."""
 
-        def op(b: KeyStoreBatch) -> None:
-            b.execute("DELETE FROM kme_requests WHERE request_id = ?", (request_id,))
+        def op(b: KeyStoreBatch) -> bool:
+            if b.execute("SELECT 1 FROM kme_aborted WHERE request_id = ?", (request_id,)).fetchone():
+                return False
+            b.execute("DELETE FROM kme_requests WHERE request_id = ? AND state = 'pending'", (request_id,))
+            return True
 
-        await self.call(op, "finish a request")
+        return await self.call(op, "finish a request")
 
     async def fail(
         self,
@@ -490,8 +524,7 @@ class KmeStore:
         the bits differ (nothing is consumed then; see :meth:`discard_ranges`)."""
 
         def op(b: KeyStoreBatch) -> list[bytes]:
-            if store_for is not None:
-                _not_aborted(b, request_id)
+            _not_aborted(b, request_id)
             got = b.consume_ranges(qkdl_id, ranges, tag(request_id))
             if got.nbits != size * count:
                 raise RangeConflictError(
@@ -614,26 +647,69 @@ class KmeStore:
         return await self.call(op, "deliver keys")
 
     # --- aborts -----------------------------------------------------------------------------------
-    @staticmethod
     def abort_here_op(
-        request_id: str, qkdl_id: str, ranges: Sequence[KeyRange]
+        self, request_id: str, qkdl_id: str, ranges: Sequence[KeyRange]
     ) -> Callable[[KeyStoreBatch], tuple[int, int, list[KeyRange]]]:
-        """The peer aborted a request: erase its undelivered keys here, record its link key here as
-        discarded, and use up as discarded what the peer names in ``ranges`` that is still free here.
+        """The peer aborted a request: erase its undelivered keys and reserved pads here, record the
+        link key this end consumed for it (on every link) as discarded, and use up as discarded what the
+        peer names in ``ranges`` that is still free here. If this node passed the request on over
+        another link (a relay), its journal entry for it becomes ``aborting``: the abort goes on to the
+        next node (see the module docstring).
 
-        Returns (keys erased, bits discarded, the ranges this end consumed for the request). Idempotent.
-        """
+        Returns (keys erased, bits discarded on ``qkdl_id``, the ranges this end consumed for the
+        request on ``qkdl_id``). Idempotent."""
+        link_peer = self.link_peer
 
         def op(b: KeyStoreBatch) -> tuple[int, int, list[KeyRange]]:
+            consumer = tag(request_id)
             b.execute("DELETE FROM kme_aborted WHERE at < ?", (b.at - ABORTED_MEMORY_S,))
             b.execute("INSERT OR IGNORE INTO kme_aborted (request_id, at) VALUES (?, ?)", (request_id, b.at))
             row = b.execute(
-                "SELECT remaining FROM kme_keys WHERE request_id = ? AND qkdl_id = ?", (request_id, qkdl_id)
+                "SELECT COALESCE(SUM(remaining), 0) FROM kme_keys WHERE request_id = ?", (request_id,)
             ).fetchone()
-            b.execute("DELETE FROM kme_keys WHERE request_id = ? AND qkdl_id = ?", (request_id, qkdl_id))
-            bits = b.discard_consumed(qkdl_id, tag(request_id))
-            bits += _discard_free(b, qkdl_id, tag(request_id), ranges)
-            return int(row[0]) if row else 0, bits, b.ranges_of(qkdl_id, tag(request_id))
+            b.execute("DELETE FROM kme_keys WHERE request_id = ?", (request_id,))
+            b.execute("DELETE FROM kme_pads WHERE request_id = ?", (request_id,))
+            bits = b.discard_consumed(qkdl_id, consumer)
+            bits += _discard_free(b, qkdl_id, consumer, ranges)
+            # the other links this node took key from for the request: a relay's outgoing hop
+            others = [
+                str(r[0])
+                for r in b.execute(
+                    "SELECT DISTINCT qkdl_id FROM accounting WHERE consumer = ? AND qkdl_id != ?",
+                    (consumer, qkdl_id),
+                ).fetchall()
+            ]
+            journal = b.execute(
+                "SELECT qkdl_id FROM kme_requests WHERE request_id = ?", (request_id,)
+            ).fetchone()
+            if journal is not None and str(journal[0]) != qkdl_id:
+                b.discard_consumed(str(journal[0]), consumer)
+                b.execute(
+                    "UPDATE kme_requests SET state = 'aborting', reason = ? WHERE request_id = ?",
+                    (f"aborted upstream over link {qkdl_id}", request_id),
+                )
+            for other in others:
+                b.discard_consumed(other, consumer)
+                peer = link_peer(other) if link_peer is not None else None
+                if journal is None and peer is not None:
+                    _journal(
+                        b,
+                        request_id=request_id,
+                        qkdl_id=other,
+                        peer=peer,
+                        role="deliver",
+                        master="",
+                        slave="",
+                        size=0,
+                        count=0,
+                        ranges=b.ranges_of(other, consumer),
+                    )
+                    b.execute(
+                        "UPDATE kme_requests SET state = 'aborting', reason = ? WHERE request_id = ?",
+                        (f"aborted upstream over link {qkdl_id}", request_id),
+                    )
+                    journal = (other,)
+            return int(row[0]), bits, b.ranges_of(qkdl_id, consumer)
 
         return op
 
@@ -647,6 +723,94 @@ class KmeStore:
             return n
 
         return await self.call(op, "settle an abort")
+
+    # --- relay pads -------------------------------------------------------------------------------
+    async def reserve_pad(
+        self, *, request_id: str, qkdl_id: str, peer: str, bits: int
+    ) -> tuple[list[KeyRange], bytes]:
+        """Take a relay hop's pad at the drawing end and keep it (on disk) for the hop's relay op."""
+
+        def op(b: KeyStoreBatch) -> tuple[list[KeyRange], bytes]:
+            _not_aborted(b, request_id)
+            got = b.consume(qkdl_id, bits, tag(request_id))
+            b.execute(
+                "INSERT INTO kme_pads (request_id, qkdl_id, peer, pad, created) VALUES (?, ?, ?, ?, ?)",
+                (request_id, qkdl_id, peer, got.key, b.at),
+            )
+            return got.ranges, got.key
+
+        return await self.call(op, "reserve a relay pad")
+
+    async def take_pad(self, request_id: str, qkdl_id: str, peer: str) -> bytes | None:
+        """The pad reserved for a hop (erased here as it is taken); None if there is none (expired,
+        aborted, never reserved, or reserved for another sender)."""
+
+        def op(b: KeyStoreBatch) -> bytes | None:
+            row = b.execute(
+                "SELECT pad FROM kme_pads WHERE request_id = ? AND qkdl_id = ? AND peer = ?",
+                (request_id, qkdl_id, peer),
+            ).fetchone()
+            if row is None:
+                return None
+            b.execute("DELETE FROM kme_pads WHERE request_id = ? AND qkdl_id = ?", (request_id, qkdl_id))
+            return bytes(row[0])
+
+        return await self.call(op, "take a relay pad")
+
+    async def expire_pads(self, older_than_s: float) -> int:
+        """Erase the pads reserved more than ``older_than_s`` ago whose relay op never came; their bits
+        are recorded as discarded. Returns the bits."""
+
+        def op(b: KeyStoreBatch) -> int:
+            rows = b.execute(
+                "SELECT request_id, qkdl_id FROM kme_pads WHERE created < ?", (b.at - older_than_s,)
+            ).fetchall()
+            n = 0
+            for rid, qkdl_id in rows:
+                n += b.discard_consumed(str(qkdl_id), tag(str(rid)))
+                b.execute("DELETE FROM kme_pads WHERE request_id = ? AND qkdl_id = ?", (rid, qkdl_id))
+            return n
+
+        return await self.call(op, "expire relay pads")
+
+    async def pads(self) -> int:
+        """Reserved pads waiting for their relay op."""
+        return await self.call(
+            lambda b: int(b.execute("SELECT COUNT(*) FROM kme_pads").fetchone()[0]), "count relay pads"
+        )
+
+    # --- removed applications -----------------------------------------------------------------------
+    async def purge(self, keep: Callable[[str, str], bool], stale_before: float) -> tuple[int, int]:
+        """Erase the keys waiting for slaves whose (master, slave) pair ``keep`` rejects (its
+        application is gone) and record their bits as discarded; close the journal entries of such
+        pairs created before ``stale_before`` (wall clock; requests no longer in flight) as ``aborting``,
+        so the peer discards its half too. Returns (keys erased, bits discarded)."""
+
+        def op(b: KeyStoreBatch) -> tuple[int, int]:
+            erased = bits = 0
+            for rid, qkdl_id, master, slave, remaining in b.execute(
+                "SELECT request_id, qkdl_id, master_sae, slave_sae, remaining FROM kme_keys"
+            ).fetchall():
+                if keep(str(master), str(slave)):
+                    continue
+                b.execute("DELETE FROM kme_keys WHERE request_id = ?", (rid,))
+                erased += int(remaining)
+                bits += b.discard_consumed(str(qkdl_id), tag(str(rid)))
+            for rid, qkdl_id, master, slave in b.execute(
+                "SELECT request_id, qkdl_id, master_sae, slave_sae FROM kme_requests"
+                " WHERE state = 'pending' AND created < ? AND master_sae != ''",
+                (stale_before,),
+            ).fetchall():
+                if keep(str(master), str(slave)):
+                    continue
+                bits += b.discard_consumed(str(qkdl_id), tag(str(rid)))
+                b.execute(
+                    "UPDATE kme_requests SET state = 'aborting', reason = ? WHERE request_id = ?",
+                    ("the application was removed", rid),
+                )
+            return erased, bits
+
+        return await self.call(op, "purge the keys of removed applications")
 
     async def recover(self) -> list[JournalEntry]:
         """At start-up: requests left ``pending`` failed (their SAE never got the keys); record their

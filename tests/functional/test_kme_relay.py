@@ -38,6 +38,7 @@ class Chain:
     hops: list[str] = field(default_factory=list)
     sessions: dict[str, aiohttp.ClientSession] = field(default_factory=dict)
     saes: dict[str, Issued] = field(default_factory=dict)
+    plan: Any = None
 
     def ctx(self, sae: str) -> ssl.SSLContext:
         return client_context(self.ca.cert_pem, self.saes[sae])
@@ -71,7 +72,9 @@ class Chain:
 
 
 @asynccontextmanager
-async def chain(tmp: Path, start_agent: AgentFactory, names: list[str]) -> AsyncIterator[Chain]:
+async def chain(
+    tmp: Path, start_agent: AgentFactory, names: list[str], *, peer_timeout_s: float = 3.0
+) -> AsyncIterator[Chain]:
     spans = [(f"s-{a}{b}".lower(), a, b, 10.0) for a, b in itertools.pairwise(names)]
     net = Net(tmp, names, spans)
     ca = create_ca("qsdn relay test CA")
@@ -90,7 +93,7 @@ async def chain(tmp: Path, start_agent: AgentFactory, names: list[str]) -> Async
             "cert": str(pki / f"{n}.crt"),
             "key": str(pki / f"{n}.key"),
             "ca": str(pki / "ca.crt"),
-            "peer_timeout_s": 3.0,
+            "peer_timeout_s": peer_timeout_s,
             "peers": {net.ids[m]: {"url": f"https://127.0.0.1:{ports[m]}", "kme_id": m} for m in adjacent},
         }
     c = Chain(net, names, ca)
@@ -106,6 +109,7 @@ async def chain(tmp: Path, start_agent: AgentFactory, names: list[str]) -> Async
         )
         assert plan.virt_qkdl_id is not None
         c.virt = plan.virt_qkdl_id
+        c.plan = plan
         c.hops = [h.qkdl_id for h in plan.hops]
         for n in names:
             handle: AgentHandle = net.agents[n]
