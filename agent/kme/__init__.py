@@ -64,11 +64,24 @@ A CLIENT application backed by a VIRT link is served by trusted relay (:mod:`age
 master's node checks ``virt_bandwidth`` (a token bucket per VIRT link), draws a fresh random key and
 sends it hop by hop along ``virt_next_hop`` with ``relay`` ops, one-time-padded on each hop with that
 hop's PHYS link key, taken exactly once at both ends as for direct links (drawn by the sender when it is
-the hop's drawing end, else reserved at the receiver with a ``reserve`` op). Each relay unpads, repads
-and forwards, and answers only once the rest of the chain answered; the far node checks an end-to-end
-digest and keeps the keys under the same key_IDs. Any failure discards every hop key consumed for the
-request (accounting tag ``kme:<request_id>``), hop by hop, and the master's SAE gets 503. Relays are
-authorised by the VIRT link's ``virt_prev_hop`` (the INTERNAL applications are not checked yet).
+the hop's drawing end, else reserved at the receiver with a ``reserve`` op; a reserved pad is kept on
+disk, so it survives a restart, and erased and accounted as discarded if its relay op never comes).
+Each relay unpads, checks the end-to-end digest, repads and forwards, and answers only once the rest
+of the chain answered; the far node checks the end-to-end digest and keeps the keys under the same
+key_IDs. Relays are authorised by the VIRT link's ``virt_prev_hop`` *and* the INTERNAL applications
+the controller configures on every relay for each PHYS link of the path; the far end by its CLIENT
+application. Several ``virt_next_hop`` entries are a multicast branch (the 015 model's meaning) and
+are refused, never reduced to the first.
+
+Any failure at any hop (a node down or hung, a refusal, a divergence of a hop's pads or of the relayed
+key) ends with every node of the path having recorded as discarded exactly the hop keys it took for the
+request (accounting tag ``kme:<request_id>``), the far end holding no key, and the master's SAE getting
+a 503 whose message names the hop and the cause: errors travel back hop by hop, and an ``abort``,
+journalled on disk and retried until answered, travels forward to the far end (each node that gets one
+passes it on over its outgoing hop). Per-hop timeouts shrink along the path by at most twice
+``peer_timeout_s`` per hop, so an upstream node never gives up before its downstream one could have
+answered (the formula is in :mod:`agent.kme.relay`). Divergences are logged and raised as CRITICAL 015
+``alarm`` notifications by the node that detects them.
 
 Limits
 ------
