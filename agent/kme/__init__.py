@@ -86,9 +86,10 @@ answered (the formula is in :mod:`agent.kme.relay`). Divergences are logged and 
 Limits
 ------
 ``max_SAE_ID_count`` is 0: ``additional_slave_SAE_IDs`` (key multicast) is refused with a 400. SKIP's
-TLS PSK mode is not offered (certificates only). Keys waiting for a slave whose application is then
-removed can no longer be fetched (401) and stay in the store; sweeping them (and discarding their
-bits) is future work.
+TLS PSK mode is not offered (certificates only). Relaying over a multicast VIRT link (several
+``virt_next_hop``) is refused. Keys waiting for a slave whose CLIENT application is removed from running
+are erased within a second and their bits recorded as discarded (:meth:`agent.kme.store.KmeStore.purge`);
+that pair's journal entries no longer in flight are closed by aborting them at the peer.
 """
 
 from agent.kme.server import KmeServer, KmeStats
