@@ -21,6 +21,9 @@ topology.yaml::
     nodes:
       - {name: alice, id: <uuid>, netconf: {host: 127.0.0.1, port: 8301, username: admin, password: x},
          trusted: true, role: endpoint, location: Amsterdam}
+      - {name: r1, id: <uuid>, netconf: {...}, role: repeater,      # or bsm-station
+         entanglement: {memories: 4, coherence_time_s: 1.0, swap_success_probability: 1.0,
+                        initial_fidelity: 0.98, modes: 1}}         # bsm-station: {detector_efficiency: 0.9}
     spans:
       - {id: s-ab, a: alice, b: bob, length_km: 50, extra_loss_db: 1.0, bands: [C, O], a_qkdi: 1, b_qkdi: 1}
 
@@ -122,6 +125,30 @@ def load_controller_config(path: Path) -> ControllerConfig:
     return cfg
 
 
+def _entanglement(e: _Reader, role: str) -> dict[str, float] | None:
+    """A node's optional entanglement parameters (names of the orchestrator's ``entanglement`` leaves)."""
+    if not e.data:
+        return None
+    if not isinstance(e.data, dict):
+        raise ConfigError(f"{e.source}: {e.where}: must be a mapping")
+    out: dict[str, float] = {}
+    if role == "bsm-station":
+        out["detector_efficiency"] = e.num("detector_efficiency", 0.9, lo=1e-9, hi=1.0)
+    else:
+        for key, default, lo, hi in (
+            ("coherence_time_s", 1.0, 1e-9, None),
+            ("swap_success_probability", 1.0, 1e-9, 1.0),
+            ("initial_fidelity", 0.98, 0.25, 1.0),
+        ):
+            if key in e.data:
+                out[key] = e.num(key, default, lo=lo, hi=hi)
+        for key, default, lo_i in (("memories", 2, 0), ("modes", 1, 1)):
+            if key in e.data:
+                out[key] = e.int(key, default, lo=lo_i, hi=1_000_000)
+    e.done()
+    return out
+
+
 def load_topology(
     path: Path, *, username: str = "admin", password: str | None = None
 ) -> tuple[list[NodeRecord], list[SpanRecord]]:
@@ -137,8 +164,9 @@ def load_topology(
             raise n.fail("id", f"{nid!r} is not a UUID") from None
         nc = n.sub("netconf", required=True)
         role = n.text("role", "endpoint")
-        if role not in ("endpoint", "relay"):
-            raise n.fail("role", f"{role!r} is not endpoint or relay")
+        if role not in ("endpoint", "relay", "repeater", "bsm-station"):
+            raise n.fail("role", f"{role!r} is not endpoint, relay, repeater or bsm-station")
+        entanglement = _entanglement(n.sub("entanglement"), role)
         if name in by_name:
             raise n.fail("name", f"duplicate node name {name!r}")
         nodes.append(
@@ -153,6 +181,7 @@ def load_topology(
                 trusted=bool(n.get("trusted", True)),
                 role=role,
                 location=n.text("location"),
+                entanglement=entanglement,
             )
         )
         by_name[name] = nid

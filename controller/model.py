@@ -21,17 +21,105 @@ from qsdn.errors import ConfigError
 from qsdn.physics.bb84 import DeviceParams
 from qsdn.physics.loss import Band
 
-__all__ = ["Node", "NodeRole", "Reservation", "Span", "Topology"]
+__all__ = [
+    "ENTANGLEMENT_ROLES",
+    "MemoryParams",
+    "Node",
+    "NodeRole",
+    "Reservation",
+    "Span",
+    "StationParams",
+    "Topology",
+]
 
-NodeRole = Literal["endpoint", "relay"]
+#: ``endpoint`` and ``relay`` hold key (a trusted one may relay it); ``repeater`` (quantum memories,
+#: entanglement swapping) and ``bsm-station`` (a Bell-state measurement between two memory nodes) never
+#: see key (SYSTEM.md section 1), the roles of ``qsdn/lab/topology.py``.
+NodeRole = Literal["endpoint", "relay", "repeater", "bsm-station"]
+#: Roles of entanglement devices: never trusted, never relay key.
+ENTANGLEMENT_ROLES: frozenset[str] = frozenset(("repeater", "bsm-station"))
 
 # RFC 4122 text form, the YANG ``yang:uuid`` pattern (ETSI 015 ``qkdn_id``).
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
-_ROLES: frozenset[str] = frozenset(("endpoint", "relay"))
+_ROLES: frozenset[str] = frozenset(("endpoint", "relay", "repeater", "bsm-station"))
 
 
 def _finite_non_negative(value: float) -> bool:
     return isinstance(value, int | float) and math.isfinite(value) and value >= 0
+
+
+def _in_range(value: object, lo: float, hi: float, *, lo_open: bool = False) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        return False
+    return (lo < value if lo_open else lo <= value) and value <= hi
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryParams:
+    """Quantum memories of a node that can hold entanglement (a repeater, or an endpoint or trusted relay
+    that terminates entanglement). Used by :mod:`controller.entanglement`.
+
+    The defaults describe a plausible near-term repeater node (trapped-ion or NV class, one memory per
+    side of the chain, a deterministic Bell measurement on the memories); every one can be overridden
+    per node.
+
+    Attributes:
+        memories: qubit memories the node offers; sessions share them (a repeater in a chain holds two per
+            session, an end node one plus one per purification round).
+        coherence_s: depolarising coherence time ``T`` of a stored qubit (SYSTEM.md section 4:
+            ``F(t) = 1/4 + (F0 - 1/4) exp(-n t / T)``). Default 1 s.
+        swap_success: probability ``a`` that the node's Bell measurement (entanglement swap) succeeds;
+            1 for a deterministic gate-based swap, 1/2 for a linear-optics one. Default 1.
+        initial_fidelity: fidelity ``F0`` of a freshly heralded elementary pair ending at this node (a link's
+            ``F0`` is the smaller of its two ends'). Default 0.98.
+        modes: multiplexed modes per attempt (``1 - (1 - p)^M``, SYSTEM.md section 4). Default 1.
+    """
+
+    memories: int = 2
+    coherence_s: float = 1.0
+    swap_success: float = 1.0
+    initial_fidelity: float = 0.98
+    modes: int = 1
+
+    def check(self, label: str, where: str) -> None:
+        """Raise :class:`ConfigError` naming the node ``label`` if a parameter is out of range."""
+        rules: tuple[tuple[str, bool, str], ...] = (
+            ("memories", isinstance(self.memories, int) and not isinstance(self.memories, bool)
+             and 0 <= self.memories <= 1_000_000, "an integer >= 0"),
+            ("coherence_s", _in_range(self.coherence_s, 0.0, math.inf, lo_open=True)
+             or self.coherence_s == math.inf, "a number > 0 (seconds)"),
+            ("swap_success", _in_range(self.swap_success, 0.0, 1.0, lo_open=True), "within (0, 1]"),
+            ("initial_fidelity", _in_range(self.initial_fidelity, 0.25, 1.0), "within [0.25, 1]"),
+            ("modes", isinstance(self.modes, int) and not isinstance(self.modes, bool)
+             and 1 <= self.modes <= 1_000_000, "an integer >= 1"),
+        )  # fmt: skip
+        for name, ok, rule in rules:
+            if not ok:
+                raise ConfigError(
+                    f"node {label}: entanglement {name} must be {rule}, got {getattr(self, name)!r}",
+                    path=f"{where}/entanglement/{name}",
+                )
+
+
+@dataclass(frozen=True, slots=True)
+class StationParams:
+    """A Bell-state-measurement station (a ``bsm-station`` node, or the one co-located at a span's end).
+
+    Attributes:
+        detector_efficiency: efficiency of the station's single-photon detectors; it multiplies each
+            photon's transmittance in the heralding probability ``p = eta_A eta_B / 2`` (Barrett-Kok).
+            Default 0.9 (superconducting nanowire detectors).
+    """
+
+    detector_efficiency: float = 0.9
+
+    def check(self, label: str, where: str) -> None:
+        if not _in_range(self.detector_efficiency, 0.0, 1.0, lo_open=True):
+            raise ConfigError(
+                f"node {label}: entanglement detector_efficiency must be within (0, 1], "
+                f"got {self.detector_efficiency!r}",
+                path=f"{where}/entanglement/detector_efficiency",
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,14 +130,22 @@ class Node:
         node_id: the node's ``qkdn_id`` (uuid).
         name: a human-readable name used in messages.
         trusted: whether the node may act as a trusted relay (key exposed inside it).
-        role: ``"endpoint"`` (hosts SAEs) or ``"relay"`` (relay site only). Informational: relaying
-            depends on ``trusted`` alone.
+        role: ``"endpoint"`` (hosts SAEs) or ``"relay"`` (relay site only): relaying key depends on
+            ``trusted`` alone. ``"repeater"`` and ``"bsm-station"`` are entanglement devices: they never
+            hold key, so they must not be ``trusted``.
+        memory: the node's quantum memories, ``None`` when it has none. A repeater without explicit
+            parameters gets the :class:`MemoryParams` defaults; an endpoint or relay terminates
+            entanglement only when it has memories.
+        station: the Bell-state-measurement parameters of a ``bsm-station`` (defaults when omitted);
+            ``None`` for every other role.
     """
 
     node_id: str
     name: str
     trusted: bool = True
     role: NodeRole = "endpoint"
+    memory: MemoryParams | None = None
+    station: StationParams | None = None
 
     def __post_init__(self) -> None:
         where = f"nodes/{self.node_id}"
@@ -57,11 +153,41 @@ class Node:
             raise ConfigError(f"node {self.node_id!r}: node_id must be a uuid", path=f"{where}/node_id")
         if not isinstance(self.name, str) or not self.name.strip():
             raise ConfigError(f"node {self.node_id}: name must be a non-empty string", path=f"{where}/name")
+        label = f"{self.name} ({self.node_id})"
         if self.role not in _ROLES:
             raise ConfigError(
-                f"node {self.name} ({self.node_id}): role must be 'endpoint' or 'relay', got {self.role!r}",
+                f"node {label}: role must be 'endpoint', 'relay', 'repeater' or 'bsm-station', "
+                f"got {self.role!r}",
                 path=f"{where}/role",
             )
+        if self.role in ENTANGLEMENT_ROLES and self.trusted:
+            raise ConfigError(
+                f"node {label}: a {self.role} never holds key, so it cannot be trusted (SYSTEM.md section 1)",
+                path=f"{where}/trusted",
+            )
+        if self.role == "bsm-station":
+            if self.memory is not None:
+                raise ConfigError(
+                    f"node {label}: a bsm-station has no quantum memories", path=f"{where}/entanglement"
+                )
+            if self.station is None:
+                object.__setattr__(self, "station", StationParams())
+        elif self.station is not None:
+            raise ConfigError(
+                f"node {label}: only a bsm-station has station parameters", path=f"{where}/entanglement"
+            )
+        if self.role == "repeater" and self.memory is None:
+            object.__setattr__(self, "memory", MemoryParams())
+        if self.memory is not None:
+            if not isinstance(self.memory, MemoryParams):
+                raise ConfigError(f"node {label}: memory must be MemoryParams", path=f"{where}/entanglement")
+            self.memory.check(label, where)
+        if self.station is not None:
+            if not isinstance(self.station, StationParams):
+                raise ConfigError(
+                    f"node {label}: station must be StationParams", path=f"{where}/entanglement"
+                )
+            self.station.check(label, where)
 
 
 @dataclass(frozen=True, slots=True)

@@ -30,7 +30,13 @@ from typing import Any
 
 from lxml import etree
 
-from controller.model import Node, Reservation, Span, Topology
+from controller.entanglement import (
+    EntanglementPlan,
+    EntanglementRequest,
+    MemoryReservation,
+    compute_entanglement_plan,
+)
+from controller.model import MemoryParams, Node, NodeRole, Reservation, Span, StationParams, Topology
 from controller.pathcomp import PathComputation, PathRequest, classify_span, compute_paths
 from controller.provision import SessionPlan, SessionSpec, combine, phys_link_id, plan_session
 from controller.southbound.base import NodeClient, NodeEndpoint
@@ -240,7 +246,14 @@ class Controller:
         records = self.store.spans()
         key = (
             tuple(
-                (n, st.record.name, st.record.trusted, st.record.role) for n, st in sorted(self.nodes.items())
+                (
+                    n,
+                    st.record.name,
+                    st.record.trusted,
+                    st.record.role,
+                    tuple(sorted((st.record.entanglement or {}).items())),
+                )
+                for n, st in sorted(self.nodes.items())
             ),
             tuple((s.span_id, s.a, s.b, s.length_km, s.extra_loss_db, s.bands) for s in records),
             frozenset(self.down_spans) if exclude_down else frozenset(),
@@ -253,15 +266,7 @@ class Controller:
         return topo
 
     def _build_topology(self, records: list[SpanRecord], exclude_down: bool) -> Topology:
-        nodes = [
-            Node(
-                node_id=st.record.node_id,
-                name=st.record.name,
-                trusted=st.record.trusted,
-                role="relay" if st.record.role == "relay" else "endpoint",
-            )
-            for st in self.nodes.values()
-        ]
+        nodes = [node_from_record(st.record) for st in self.nodes.values()]
         spans = [
             Span(
                 span_id=s.span_id,
@@ -298,6 +303,23 @@ class Controller:
                 continue
             out.extend(Reservation(s.session_id, span, float(s.rate_bps)) for span in s.spans)
         return out
+
+    def memory_reservations(self) -> list[MemoryReservation]:
+        """Memories held by entanglement sessions. None yet: the controller computes entanglement plans
+        (a dry run) but does not provision entanglement sessions."""
+        return []
+
+    def compute_entanglement(self, req: EntanglementRequest) -> EntanglementPlan:
+        """The best entanglement or mixed key plan for ``req`` (a dry run; unreachable nodes avoided)."""
+        unreachable = frozenset(n for n, st in self.nodes.items() if not st.reachable)
+        if unreachable - {req.src, req.dst}:
+            req = replace(req, avoid=req.avoid | (unreachable - {req.src, req.dst}))
+        return compute_entanglement_plan(
+            self.topology(),
+            req,
+            reservations=self.reservations(),
+            memory_reservations=self.memory_reservations(),
+        )
 
     def compute(self, req: PathRequest, *, excluding: str | None = None) -> PathComputation:
         unreachable = frozenset(n for n, st in self.nodes.items() if not st.reachable)
@@ -591,6 +613,48 @@ class Controller:
         return repaired
 
 
+_MEMORY_FIELDS = {
+    "memories": "memories",
+    "coherence_time_s": "coherence_s",
+    "swap_success_probability": "swap_success",
+    "initial_fidelity": "initial_fidelity",
+    "modes": "modes",
+}
+
+
+def node_from_record(rec: NodeRecord) -> Node:
+    """The path computation's :class:`Node` for a stored node.
+
+    Roles other than ``relay``, ``repeater`` and ``bsm-station`` are endpoints. Repeaters and stations are
+    never trusted, whatever the record says. ``rec.entanglement`` (the orchestrator's ``entanglement``
+    leaves) gives a repeater's or an endpoint's/relay's memories (an endpoint or relay has memories only
+    when some memory leaf is given) and a station's ``detector_efficiency``; absent leaves take the
+    :class:`MemoryParams` / :class:`StationParams` defaults.
+    """
+    role: NodeRole = rec.role if rec.role in ("relay", "repeater", "bsm-station") else "endpoint"  # type: ignore[assignment]
+    params = dict(rec.entanglement or {})
+    memory: MemoryParams | None = None
+    station: StationParams | None = None
+    if role == "bsm-station":
+        if "detector_efficiency" in params:
+            station = StationParams(detector_efficiency=float(params["detector_efficiency"]))
+    elif role == "repeater" or any(k in params for k in _MEMORY_FIELDS):
+        kwargs: dict[str, float | int] = {}
+        for key, attr in _MEMORY_FIELDS.items():
+            if key in params:
+                value = params[key]
+                kwargs[attr] = int(value) if attr in ("memories", "modes") else float(value)
+        memory = MemoryParams(**kwargs)  # type: ignore[arg-type]
+    return Node(
+        node_id=rec.node_id,
+        name=rec.name,
+        trusted=rec.trusted and role not in ("repeater", "bsm-station"),
+        role=role,
+        memory=memory,
+        station=station,
+    )
+
+
 def _texts(el: etree._Element, path: str) -> list[str]:
     found = el.xpath(path, namespaces=NS)
     return [str(x) for x in found] if isinstance(found, list) else []
@@ -638,4 +702,12 @@ def _subset(want: etree._Element, have: etree._Element) -> bool:
     return True
 
 
-__all__ = ["Controller", "ControllerSettings", "ErrorType", "RerouteEvent", "contains", "field"]
+__all__ = [
+    "Controller",
+    "ControllerSettings",
+    "ErrorType",
+    "RerouteEvent",
+    "contains",
+    "field",
+    "node_from_record",
+]

@@ -42,6 +42,9 @@ class NodeRecord:
     trusted: bool = True
     role: str = "endpoint"
     location: str | None = None
+    #: optional entanglement parameters (controller.model.MemoryParams / StationParams fields, by the
+    #: names of the qsdn-orchestrator ``entanglement`` container); ``None``: the role's defaults
+    entanglement: dict[str, float] | None = None
 
     def __repr__(self) -> str:  # never show credentials
         return (

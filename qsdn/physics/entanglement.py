@@ -74,6 +74,8 @@ __all__ = [
     "dephase",
     "depolarise",
     "expected_max_geometric",
+    "expected_max_geometric_unequal",
+    "geometric_storage_decay",
     "heralding_probability",
     "multiplexed_probability",
     "single_click",
@@ -281,3 +283,43 @@ def wait_all_decay(p: float, n: int, attempt_s: float, coherence_s: float, tol: 
 def bbm92_secret_fraction(state: BellState, ec_efficiency: float = 1.0) -> float:
     """Secret bits per sifted pair: ``1 - h(e_X) - f h(e_Z)``, floored at 0 (Shor-Preskill)."""
     return max(0.0, 1.0 - binary_entropy(state.qber_x) - ec_efficiency * binary_entropy(state.qber_z))
+
+
+def expected_max_geometric_unequal(ps: Sequence[float], tol: float = 1e-15) -> float:
+    """``E[max_i N_i]`` for independent geometric attempt counts with success probabilities ``ps``.
+
+    Links of different lengths attempting on one common clock: ``E[M] = sum_{m>=0} P(M > m)
+    = sum_{m>=0} (1 - prod_i (1 - q_i^m))`` (the tail-sum formula for a non-negative integer variable,
+    with ``P(N_i <= m) = 1 - q_i^m`` by independence). Equals :func:`expected_max_geometric` when all
+    ``p`` are equal, and ``1/p1 + 1/p2 - 1/(1 - q1 q2)`` for two links.
+    """
+    if not ps or any(not 0.0 < p <= 1.0 for p in ps):
+        raise ConfigError("need at least one success probability, each within (0, 1]")
+    qs = [1.0 - p for p in ps]
+    q_max = max(qs)
+    if q_max == 0.0:
+        return 1.0
+    total = 0.0
+    m = 0
+    while True:
+        tail = 1.0 - math.prod(1.0 - q**m for q in qs)
+        total += tail
+        m += 1
+        if q_max**m < tol or m > 10_000_000:
+            return total
+
+
+def geometric_storage_decay(p: float, attempt_s: float, coherence_s: float, qubits: int = 2) -> float:
+    """``E[exp(-qubits N t / T)]`` for a geometric attempt count ``N`` (success probability ``p``).
+
+    The Werner-parameter factor a stored pair keeps while another link is generated (``qubits`` stored
+    qubits, depolarising time ``T``, one attempt every ``t``): the probability generating function of
+    the geometric distribution, ``E[z^N] = p z / (1 - (1 - p) z)`` at ``z = exp(-qubits t / T)``.
+    Used for sequential swapping, where the growing chain waits for every next link.
+    """
+    if not 0.0 < p <= 1.0 or attempt_s < 0 or qubits < 0:
+        raise ConfigError("need 0 < p <= 1, a non-negative attempt time and qubit count")
+    if math.isinf(coherence_s) or attempt_s == 0 or qubits == 0:
+        return 1.0
+    z = math.exp(-qubits * attempt_s / coherence_s)
+    return p * z / (1.0 - (1.0 - p) * z)
