@@ -210,7 +210,7 @@ module: qsdn-entanglement
        +--rw sources
        |  +--rw source* [source_id]
        |     +--rw source_id              uint32
-       |     +--rw kind                   identityref
+       |     +--rw kind                   generation-scheme
        |     +--rw modes?                 uint32
        |     +--rw initial_fidelity?      fidelity
        |     +--rw alpha?                 decimal64
@@ -229,7 +229,7 @@ module: qsdn-entanglement
        |     +--rw length_km?          distance-km
        |     +--rw loss_db?            loss-db
        |     +--rw modes?              uint32
-       |     +--rw heralding           identityref
+       |     +--rw heralding           generation-scheme
        |     +--rw initial_fidelity?   fidelity
        |     +--ro status?             enumeration
        |     +--ro pairs_generated?    yang:counter64
@@ -244,7 +244,7 @@ module: qsdn-entanglement
              +--rw path*                      yang:uuid
              +--rw prev_hop?                  yang:uuid
              +--rw next_hop?                  yang:uuid
-             +--rw swap_order?                identityref
+             +--rw swap_order?                swap-order
              +--rw swap_round                 uint8
              +--rw purification
              |  +--rw protocol?   enumeration
@@ -321,7 +321,7 @@ def test_emulation_ranges_and_defaults() -> None:
 ENT_NODE = (
     '<qkd_node xmlns="urn:etsi:qkd:yang:etsi-qkd-node">'
     "<qkdn_id>0e000000-0000-4000-8000-0000000000d1</qkdn_id>"
-    '<entanglement xmlns="urn:qsdn:yang:qsdn-entanglement" xmlns:e="urn:qsdn:yang:qsdn-entanglement">'
+    '<entanglement xmlns="urn:qsdn:yang:qsdn-entanglement">'
     "{}</entanglement></qkd_node>"
 )
 
@@ -347,37 +347,37 @@ ENT_NODE = (
         ("<bsm_station><detector_efficiency>1.000000001</detector_efficiency></bsm_station>", False),
         ("<bsm_station><dark_count_probability>-0.1</dark_count_probability></bsm_station>", False),
         (
-            "<sources><source><source_id>1</source_id><kind>e:spdc</kind>"
+            "<sources><source><source_id>1</source_id><kind>spdc</kind>"
             "<initial_fidelity>0.25</initial_fidelity></source></sources>",
             True,
         ),
         (
-            "<sources><source><source_id>1</source_id><kind>e:spdc</kind>"
+            "<sources><source><source_id>1</source_id><kind>spdc</kind>"
             "<initial_fidelity>1</initial_fidelity></source></sources>",
             True,
         ),
         (
-            "<sources><source><source_id>1</source_id><kind>e:spdc</kind>"
+            "<sources><source><source_id>1</source_id><kind>spdc</kind>"
             "<initial_fidelity>0.249999</initial_fidelity></source></sources>",
             False,
         ),
         (
-            "<sources><source><source_id>1</source_id><kind>e:spdc</kind>"
+            "<sources><source><source_id>1</source_id><kind>spdc</kind>"
             "<initial_fidelity>1.000001</initial_fidelity></source></sources>",
             False,
         ),
         (
-            "<sources><source><source_id>1</source_id><kind>e:single-click</kind>"
+            "<sources><source><source_id>1</source_id><kind>single-click</kind>"
             "<alpha>0.5</alpha></source></sources>",
             True,
         ),
         (
-            "<sources><source><source_id>1</source_id><kind>e:single-click</kind>"
+            "<sources><source><source_id>1</source_id><kind>single-click</kind>"
             "<alpha>0</alpha></source></sources>",
             False,
         ),
         (
-            "<sources><source><source_id>1</source_id><kind>e:spdc</kind><modes>0</modes></source></sources>",
+            "<sources><source><source_id>1</source_id><kind>spdc</kind><modes>0</modes></source></sources>",
             False,
         ),
         ("", True),
@@ -407,7 +407,7 @@ def test_entanglement_defaults_and_state() -> None:
         def node(path: str) -> libyang.SNode:
             return next(ctx.find_path(ent + "".join(f"/qsdn-entanglement:{p}" for p in path.split("/"))))
 
-        assert node("sessions/session/swap_order").default() == "qsdn-entanglement:asap"
+        assert node("sessions/session/swap_order").default() == "asap"
         assert node("sessions/session/purification/protocol").default() == "none"
         for state in (
             "memories/in_use",
