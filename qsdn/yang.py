@@ -67,6 +67,7 @@ AGENT_MODULES: tuple[tuple[str, Sequence[str]], ...] = (
     ("etsi-qkd-node-types", ()),
     ("etsi-qkd-sdn-node", ()),
     ("qsdn-qkd-emulation", ()),
+    ("qsdn-entanglement", ()),
 )
 
 # libyang's LY_VECODE values (libyang 2.1 log.h).
@@ -178,6 +179,10 @@ class _Context(libyang.Context):
             tag, app_tag = classify(text, int(err.vecode))
             if err.apptag:
                 app_tag = c2str(err.apptag)
+                if app_tag == "must-violation":
+                    # A must with its own error-message replaces libyang's "Must condition ..." text;
+                    # the app-tag still says what failed (RFC 7950 section 15.2).
+                    tag = "operation-failed"
             items.append(
                 ErrorInfo(
                     tag=tag,

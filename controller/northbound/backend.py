@@ -39,6 +39,7 @@ NORTHBOUND_MODULES: tuple[tuple[str, Sequence[str]], ...] = (
     ("etsi-qkd-node-types", ()),
     ("etsi-qkd-sdn-node", ()),
     ("qsdn-qkd-emulation", ()),
+    ("qsdn-entanglement", ()),
     ("ietf-restconf", ()),
     ("ietf-yang-library", ()),
     ("ietf-restconf-monitoring", ()),
