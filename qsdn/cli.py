@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Coroutine, Sequence
@@ -33,11 +34,14 @@ def _run_daemon(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
     """Run a daemon's main coroutine, on uvloop (libuv's event loop) when it is installed.
 
     The agent and the controller are network daemons: uvloop roughly halves the event loop's cost per
-    connection event, which is most of a small ETSI 014 request. Without it they run on asyncio's own loop.
+    connection event, which is most of a small ETSI 014 request. Without it, or with the environment
+    variable ``QSDN_EVENT_LOOP=asyncio``, they run on asyncio's own loop.
     """
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        uvloop = None  # type: ignore[assignment]
+    if uvloop is None or os.environ.get("QSDN_EVENT_LOOP", "uvloop") == "asyncio":
         asyncio.run(main())
         return
     with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
