@@ -8,8 +8,10 @@
   so a request is applied whole or not at all;
 - ``state_xml`` adds what the controller knows (node reachability, span class and predicted rate,
   reservations, session status, path, errors);
-- ``invoke`` serves ``compute-path`` (a dry run), ``create-session``, ``delete-session`` and
-  ``get-node-data`` (a node's ETSI 015 data read through the controller's NETCONF session).
+- ``invoke`` serves ``compute-path`` (a dry run), ``compute-entanglement-path`` (a dry run of
+  :mod:`controller.entanglement`: entanglement, or key over trusted relays and repeater segments),
+  ``create-session``, ``delete-session`` and ``get-node-data`` (a node's ETSI 015 data read through
+  the controller's NETCONF session).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import Any
 
 from lxml import etree
 
+from controller.entanglement import EntanglementPlan, EntanglementRequest, Segment
 from controller.model import Span
 from controller.northbound.backend import northbound_schema
 from controller.pathcomp import Path, PathRequest, classify_span
@@ -86,6 +89,12 @@ class ControllerBackend:
             _sub(nc, "username", n.username)
             _sub(e, "trusted", n.trusted)
             _sub(e, "role", n.role)
+            if n.entanglement:
+                ent = _sub(e, "entanglement")
+                for key in _ENTANGLEMENT_LEAVES:
+                    if key in n.entanglement:
+                        v = n.entanglement[key]
+                        _sub(ent, key, int(v) if key in _INT_LEAVES else _dec(v, 6))
         for s in store.spans():
             e = _sub(root, "qkd_phys_link")
             _sub(e, "span_id", s.span_id)
@@ -141,6 +150,7 @@ class ControllerBackend:
                     trusted=(_t(e, "trusted") or "true") == "true",
                     role=_t(e, "role") or "endpoint",
                     location=_t(e, "location"),
+                    entanglement=_entanglement_from(e.find(_q("entanglement"))),
                 )
             old_spans = {s.span_id: s for s in store.spans()}
             for e in net.findall(_q("qkd_phys_link")):
@@ -299,6 +309,8 @@ class ControllerBackend:
         inp = etree.fromstring(input_xml.encode())  # the RPC element with its input leaves
         if name == "compute-path":
             return self._compute(inp)
+        if name == "compute-entanglement-path":
+            return self._compute_entanglement(inp)
         if name == "create-session":
             sid = _t(inp, "session_id") or ""
             rec = _session_from(inp, sid)
@@ -334,6 +346,25 @@ class ControllerBackend:
             _path_body(_sub(out, "backup"), comp.backup)
         return etree.tostring(out).decode()
 
+    def _compute_entanglement(self, inp: etree._Element) -> str:
+        service = _t(inp, "service") or "key"
+        req = EntanglementRequest(
+            src=_t(inp, "src_node") or "",
+            dst=_t(inp, "dst_node") or "",
+            service="entanglement" if service == "entanglement" else "key",
+            target_fidelity=float(v) if (v := _t(inp, "target_fidelity")) else None,
+            min_pair_rate_hz=float(_t(inp, "min_pair_rate_hz") or 0),
+            min_key_rate_bps=float(_t(inp, "requested_rate_bps") or 0),
+            max_trusted_nodes=int(v) if (v := _t(inp, "max_trusted_nodes")) else None,
+            max_rounds=int(_t(inp, "max_purification_rounds") or 3),
+            k=int(_t(inp, "k") or 4),
+            avoid=frozenset(_all(inp, "avoid")),
+        )
+        plan = self.controller.compute_entanglement(req)
+        out = etree.Element(_q("output"), nsmap=ns_map(ORCH))
+        _plan_body(out, plan)
+        return etree.tostring(out).decode()
+
     async def node_data(self, qkdn_id: str, content: str) -> str:
         ctl = self.controller
         client = ctl.client(qkdn_id)
@@ -353,6 +384,90 @@ def _path_body(e: etree._Element, p: Path) -> None:
         _sub(he, "band", h.band.value)
         _sub(he, "predicted_skr_bps", int(h.predicted_bps))
         _sub(he, "available_bps", int(max(h.available_bps, 0)))
+
+
+_ENTANGLEMENT_LEAVES = (
+    "memories",
+    "coherence_time_s",
+    "swap_success_probability",
+    "initial_fidelity",
+    "modes",
+    "detector_efficiency",
+)
+_INT_LEAVES = frozenset(("memories", "modes"))
+
+
+def _dec(x: float, digits: int) -> str:
+    """A decimal64 value with at most ``digits`` fraction digits (RFC 7950 section 9.3)."""
+    text = f"{x:.{digits}f}"
+    return "0" if float(text) == 0 else text
+
+
+def _entanglement_from(e: etree._Element | None) -> dict[str, float] | None:
+    if e is None:
+        return None
+    out: dict[str, float] = {}
+    for key in _ENTANGLEMENT_LEAVES:
+        v = _t(e, key)
+        if v:
+            out[key] = int(v) if key in _INT_LEAVES else float(v)
+    return out or None
+
+
+def _plan_body(out: etree._Element, plan: EntanglementPlan) -> None:
+    """An :class:`EntanglementPlan` as the output of ``compute-entanglement-path``."""
+    _sub(out, "service", plan.service)
+    for n in plan.nodes:
+        _sub(out, "node", n)
+    _sub(out, "key_rate_bps", _dec(plan.key_rate_bps, 3))
+    if plan.pair_rate_hz is not None:
+        _sub(out, "pair_rate_hz", _dec(plan.pair_rate_hz, 6))
+    if plan.fidelity is not None:
+        _sub(out, "fidelity", _dec(plan.fidelity, 6))
+    for n in plan.key_visible_to:
+        _sub(out, "key_visible_to", n)
+    for n in plan.trusted_relays:
+        _sub(out, "trusted_relays", n)
+    for i, seg in enumerate(plan.segments):
+        _segment_body(_sub(out, "segment"), i, seg)
+
+
+def _segment_body(e: etree._Element, index: int, seg: Segment) -> None:
+    _sub(e, "index", index)
+    _sub(e, "technology", seg.technology)
+    for n in seg.nodes:
+        _sub(e, "node", n)
+    for s in seg.spans:
+        _sub(e, "span", s)
+    _sub(e, "key_rate_bps", _dec(seg.key_rate_bps, 3))
+    if seg.technology == "entanglement":
+        _sub(e, "pair_rate_hz", _dec(seg.pair_rate_hz, 6))
+        if seg.fidelity is not None:
+            _sub(e, "fidelity", _dec(seg.fidelity, 6))
+        if seg.unpurified_fidelity is not None:
+            _sub(e, "unpurified_fidelity", _dec(seg.unpurified_fidelity, 6))
+    _sub(e, "swap_order", seg.swap_order)
+    _sub(e, "purification_rounds", seg.rounds)
+    _sub(e, "purification_protocol", seg.protocol)
+    for n in seg.repeaters:
+        _sub(e, "repeaters", n)
+    for n in seg.stations:
+        _sub(e, "bsm_stations", n)
+    for n, m in seg.memories:
+        me = _sub(e, "memory")
+        _sub(me, "node", n)
+        _sub(me, "memories", m)
+    for i, link in enumerate(seg.links):
+        le = _sub(e, "link")
+        _sub(le, "index", i)
+        _sub(le, "node_a", link.a)
+        _sub(le, "node_b", link.b)
+        if link.station is not None:
+            _sub(le, "bsm_station", link.station)
+        _sub(le, "length_km", _dec(link.length_km, 3))
+        _sub(le, "success_probability", _dec(link.p, 12))
+        _sub(le, "attempt_time_s", _dec(link.attempt_s, 9))
+        _sub(le, "initial_fidelity", _dec(link.fidelity, 6))
 
 
 def _session_from(e: etree._Element, sid: str) -> SessionRecord:

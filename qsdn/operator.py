@@ -155,6 +155,8 @@ async def _session_delete(args: argparse.Namespace) -> int:
 
 
 async def _path_compute(args: argparse.Namespace) -> int:
+    if args.service is not None:
+        return await _entanglement_compute(args)
     api = Api(args)
     inp: dict[str, Any] = {
         "src_node": await api.node_id(args.src),
@@ -183,6 +185,56 @@ async def _path_compute(args: argparse.Namespace) -> int:
             " - ".join(names.get(n, n) for n in p.get("node", [])),
             str(p.get("bottleneck_bps", "")),
             hops,
+        )
+    _print(args, out, t)
+    return 0
+
+
+async def _entanglement_compute(args: argparse.Namespace) -> int:
+    """``qsdn path compute --service entanglement|key``: the compute-entanglement-path dry run."""
+    api = Api(args)
+    inp: dict[str, Any] = {
+        "src_node": await api.node_id(args.src),
+        "dst_node": await api.node_id(args.dst),
+        "service": args.service,
+        "requested_rate_bps": str(args.rate if args.rate_given else 0),
+        "max_purification_rounds": args.rounds,
+        "k": args.k,
+    }
+    if args.fidelity is not None:
+        inp["target_fidelity"] = str(args.fidelity)
+    if args.pair_rate is not None:
+        inp["min_pair_rate_hz"] = str(args.pair_rate)
+    if args.max_trusted is not None:
+        inp["max_trusted_nodes"] = args.max_trusted
+    if args.avoid:
+        inp["avoid"] = [await api.node_id(a) for a in args.avoid]
+    out = await api.request("POST", f"/operations/{ORCH}:compute-entanglement-path", {f"{ORCH}:input": inp})
+    o = out[f"{ORCH}:output"]
+    names = _names(await api.network())
+
+    def named(ids: list[str]) -> str:
+        return " - ".join(names.get(n, n) for n in ids)
+
+    summary = f"{o.get('service')} plan {named(o.get('node', []))}: key {o.get('key_rate_bps')} bit/s"
+    if "pair_rate_hz" in o:
+        summary += f", {o['pair_rate_hz']} pairs/s at F = {o.get('fidelity')}"
+    summary += f"; key visible to {', '.join(names.get(n, n) for n in o.get('key_visible_to', []))}"
+    t = Table(title=summary)
+    for c in ("#", "technology", "nodes", "key bit/s", "pairs/s", "fidelity", "swap order", "purification"):
+        t.add_column(c)
+    for seg in o.get("segment", []):
+        ent = seg.get("technology") == "entanglement"
+        rounds = int(seg.get("purification_rounds", 0))
+        t.add_row(
+            str(seg["index"]),
+            str(seg.get("technology", "")),
+            named(seg.get("node", [])),
+            str(seg.get("key_rate_bps", "")),
+            str(seg.get("pair_rate_hz", "")) if ent else "",
+            str(seg.get("fidelity", "")) if ent else "",
+            str(seg.get("swap_order", "")) if ent else "",
+            f"{rounds} x {seg.get('purification_protocol')}" if rounds else ("none" if ent else ""),
         )
     _print(args, out, t)
     return 0
@@ -239,6 +291,13 @@ async def _topology_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rate_default(args: argparse.Namespace) -> argparse.Namespace:
+    args.rate_given = args.rate is not None
+    if args.rate is None:
+        args.rate = 1
+    return args
+
+
 def register(sub: Any) -> None:
     sess = sub.add_parser("session", help="key sessions on a controller").add_subparsers(
         dest="action", required=True
@@ -266,12 +325,25 @@ def register(sub: Any) -> None:
     pc = path.add_parser("compute", help="compute candidate paths (dry run)")
     pc.add_argument("--src", required=True)
     pc.add_argument("--dst", required=True)
-    pc.add_argument("--rate", type=int, default=1)
+    pc.add_argument("--rate", type=int, help="key rate needed, bit/s (default 1; 0 with --service)")
     pc.add_argument("--k", type=int, default=4)
     pc.add_argument("--max-hops", type=int)
     pc.add_argument("--backup", action="store_true")
+    pc.add_argument(
+        "--service",
+        choices=("entanglement", "key"),
+        help="plan entanglement, or key over trusted relays and quantum repeaters "
+        "(compute-entanglement-path); without it, the trusted-relay paths of compute-path",
+    )
+    pc.add_argument("--fidelity", type=float, help="with --service: target fidelity of the pairs")
+    pc.add_argument("--pair-rate", type=float, help="with --service entanglement: pairs/s needed")
+    pc.add_argument(
+        "--max-trusted", type=int, help="with --service key: most trusted relays (0: repeaters only)"
+    )
+    pc.add_argument("--rounds", type=int, default=3, help="with --service: most purification rounds")
+    pc.add_argument("--avoid", action="append", help="with --service: node to avoid (repeatable)")
     add_connection_args(pc)
-    pc.set_defaults(func=lambda a: asyncio.run(_path_compute(a)))
+    pc.set_defaults(func=lambda a: asyncio.run(_path_compute(_rate_default(a))))
 
     topo = sub.add_parser("topology", help="the controller's view of the network").add_subparsers(
         dest="action", required=True

@@ -62,18 +62,25 @@ module: qsdn-orchestrator
   +--rw qkd_network
      +--rw network_id?      yang:uuid
      +--rw qkd_node* [qkdn_id]
-     |  +--rw qkdn_id       yang:uuid
-     |  +--rw name?         string
-     |  +--rw location?     string
+     |  +--rw qkdn_id         yang:uuid
+     |  +--rw name?           string
+     |  +--rw location?       string
      |  +--rw netconf
      |  |  +--rw host        inet:host
      |  |  +--rw port?       inet:port-number
      |  |  +--rw username?   string
-     |  +--rw trusted?      boolean
-     |  +--rw role?         enumeration
-     |  +--ro status?       enumeration
-     |  +--ro last_seen?    yang:date-and-time
-     |  +--ro interfaces*   uint32
+     |  +--rw trusted?        boolean
+     |  +--rw role?           enumeration
+     |  +--rw entanglement
+     |  |  +--rw memories?                   uint32
+     |  |  +--rw coherence_time_s?           decimal64
+     |  |  +--rw swap_success_probability?   decimal64
+     |  |  +--rw initial_fidelity?           decimal64
+     |  |  +--rw modes?                      uint32
+     |  |  +--rw detector_efficiency?        decimal64
+     |  +--ro status?         enumeration
+     |  +--ro last_seen?      yang:date-and-time
+     |  +--ro interfaces*     uint32
      +--rw qkd_phys_link* [span_id]
      |  +--rw span_id              span-id
      |  +--rw node_a               node-ref
@@ -160,11 +167,57 @@ module: qsdn-orchestrator
     |  +---w input
     |     +---w session_id    -> /qkd_network/qkd_svc_link/session_id
     +---x get-node-data
+    |  +---w input
+    |  |  +---w qkdn_id    node-ref
+    |  |  +---w content?   enumeration
+    |  +--ro output
+    |     +--ro data?   <anydata>
+    +---x compute-entanglement-path
        +---w input
-       |  +---w qkdn_id    node-ref
-       |  +---w content?   enumeration
+       |  +---w src_node                   node-ref
+       |  +---w dst_node                   node-ref
+       |  +---w service?                   enumeration
+       |  +---w target_fidelity?           decimal64
+       |  +---w min_pair_rate_hz?          decimal64
+       |  +---w requested_rate_bps?        rate-bps
+       |  +---w max_trusted_nodes?         uint8
+       |  +---w max_purification_rounds?   uint8
+       |  +---w k?                         uint8
+       |  +---w avoid*                     node-ref
        +--ro output
-          +--ro data?   <anydata>
+          +--ro service?          enumeration
+          +--ro node*             yang:uuid
+          +--ro key_rate_bps?     decimal64
+          +--ro pair_rate_hz?     decimal64
+          +--ro fidelity?         decimal64
+          +--ro key_visible_to*   yang:uuid
+          +--ro trusted_relays*   yang:uuid
+          +--ro segment* [index]
+             +--ro index                    uint8
+             +--ro technology?              enumeration
+             +--ro node*                    yang:uuid
+             +--ro span*                    span-id
+             +--ro key_rate_bps?            decimal64
+             +--ro pair_rate_hz?            decimal64
+             +--ro fidelity?                decimal64
+             +--ro unpurified_fidelity?     decimal64
+             +--ro swap_order?              enumeration
+             +--ro purification_rounds?     uint8
+             +--ro purification_protocol?   enumeration
+             +--ro repeaters*               yang:uuid
+             +--ro bsm_stations*            yang:uuid
+             +--ro memory* [node]
+             |  +--ro node        yang:uuid
+             |  +--ro memories?   uint32
+             +--ro link* [index]
+                +--ro index                  uint8
+                +--ro node_a?                yang:uuid
+                +--ro node_b?                yang:uuid
+                +--ro bsm_station?           yang:uuid
+                +--ro length_km?             decimal64
+                +--ro success_probability?   decimal64
+                +--ro attempt_time_s?        decimal64
+                +--ro initial_fidelity?      decimal64
 """
 
 
