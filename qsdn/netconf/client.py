@@ -293,13 +293,17 @@ class NetconfClient:
         ):
             if value is not None:
                 etree.SubElement(op, f"{{{NC}}}{name}").text = value
+        # The configuration is spliced in as bytes, never parsed and moved into ``op``: lxml drops a
+        # namespace declaration from a moved element when an ancestor declares the same namespace
+        # (the default one included), which silently unbinds the prefix of an identityref value
+        # such as ``<kind xmlns:m="urn:m">m:x</kind>`` inside ``<... xmlns="urn:m">``.
         if isinstance(config, etree._Element):
-            cfg = config
+            cfg = etree.tostring(config)
         else:
             body = config.encode() if isinstance(config, str) else config
-            cfg = etree.fromstring(b'<config xmlns="' + NC.encode() + b'">' + body + b"</config>")
-        op.append(cfg)
-        return await self.rpc(op)
+            etree.fromstring(b"<config>" + body + b"</config>")  # refuse malformed XML here, not at the agent
+            cfg = b'<config xmlns="' + NC.encode() + b'">' + body + b"</config>"
+        return await self.rpc(messages.splice(op, cfg))
 
     async def lock(self, target: str = "running") -> RpcReply:
         return await self.rpc(self._op("lock", self._ds("target", target)))

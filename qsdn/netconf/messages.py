@@ -282,7 +282,7 @@ def build_rpc(
     for key, value in (attrs or {}).items():
         if key != "message-id":
             root.set(key, value)
-    return _splice(root, _fragment(operation))
+    return splice(root, _fragment(operation))
 
 
 # ------------------------------------------------------------------------------------------- replies
@@ -296,7 +296,7 @@ def _fragment(content: etree._Element | Sequence[etree._Element] | bytes) -> byt
     return b"".join(tostring(el) for el in content)
 
 
-def _splice(root: etree._Element, inner: bytes) -> bytes:
+def splice(root: etree._Element, inner: bytes) -> bytes:
     """Serialise ``root`` (unprefixed, in its default namespace) with ``inner`` appended to its content.
 
     ``inner`` is inserted as bytes, without being parsed again.
@@ -334,7 +334,7 @@ def build_data_reply(
     spliced in without being parsed again.
     """
     inner = _fragment(data)
-    return _splice(_reply_root(rpc_attrs), b"<data>" + inner + b"</data>")
+    return splice(_reply_root(rpc_attrs), b"<data>" + inner + b"</data>")
 
 
 def build_reply(
@@ -347,7 +347,7 @@ def build_reply(
     inner = _fragment(output)
     if not inner.strip():
         return build_ok(rpc_attrs)
-    return _splice(_reply_root(rpc_attrs), inner)
+    return splice(_reply_root(rpc_attrs), inner)
 
 
 def build_error_reply(
@@ -638,7 +638,7 @@ def build_notification(event_time: datetime, body: etree._Element | bytes) -> by
     """``<notification>`` with ``<eventTime>`` (RFC 3339, with timezone) and one content element."""
     root = etree.Element(qname(NOTIFICATION_NS, "notification"), nsmap=_NOTIF_NSMAP)
     etree.SubElement(root, qname(NOTIFICATION_NS, "eventTime")).text = _rfc3339(event_time)
-    return _splice(root, _fragment(body))
+    return splice(root, _fragment(body))
 
 
 def is_notification(data: bytes | etree._Element) -> bool:

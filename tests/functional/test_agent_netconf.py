@@ -120,6 +120,35 @@ async def test_edit_config_creates_phys_link_then_get_config_shows_it(
         assert skr and int(skr[0]) > 0
 
 
+async def test_edit_config_keeps_a_prefix_declared_on_the_leaf(
+    start_agent: AgentFactory, tmp_path: Path
+) -> None:
+    """An identityref whose prefix is declared on the leaf, for a namespace an ancestor also declares.
+
+    lxml drops such a declaration when it moves the element into another tree, which would unbind
+    ``t:`` and make the agent refuse a valid edit: the client must send the bytes it was given.
+    """
+    a = await start_agent(node_config(tmp_path, "alice"))
+    link, remote = str(uuid.uuid4()), str(uuid.uuid4())
+    edit = f"""
+<qkd_node xmlns="{NODE_NS}" xmlns:other="{TYPES_NS}">
+  <qkdn_id>{a.node_id}</qkdn_id>
+  <qkd_links><qkd_link>
+    <qkdl_id>{link}</qkdl_id>
+    <qkdl_local><qkdn_id>{a.node_id}</qkdn_id></qkdl_local>
+    <qkdl_remote><qkdn_id>{remote}</qkdn_id></qkdl_remote>
+    <qkdl_type xmlns:t="{TYPES_NS}">t:VIRT</qkdl_type>
+  </qkd_link></qkd_links>
+</qkd_node>"""
+    async with a.client() as c:
+        await c.edit_config(edit)
+        await c.edit_config(etree.fromstring(f'<config xmlns="{NC}">{edit}</config>'))
+        data = await c.get_config()
+    (value,) = find(data, "n:qkd_node/n:qkd_links/n:qkd_link/n:qkdl_type")
+    prefix, _, name = (value.text or "").partition(":")
+    assert name == "VIRT" and value.nsmap[prefix] == TYPES_NS
+
+
 async def test_invalid_edit_returns_rpc_error_with_path_and_leaves_datastore(
     start_agent: AgentFactory, tmp_path: Path
 ) -> None:
