@@ -50,6 +50,11 @@ Formulas and their sources (SYSTEM.md section 4)
   kept until all are there, ``E[max of n geometrics] = sum_k (-1)^(k+1) C(n, k) / (1 - (1-p)^k)``;
   with two segments and swap success ``a``, ``E = (3 - 2p) / (a p (2 - p))`` (E. Shchukin, F. Schmidt,
   P. van Loock, PRA 100, 032322, 2019).
+* Recurrence ("symmetric") purification, ``R`` rounds, each joining two pairs of the previous level
+  (W. Duer, H.-J. Briegel, Rep. Prog. Phys. 70, 1381, 2007, section 6): ``F_l`` from the round's
+  formula on two copies of level ``l - 1``; a failed round loses both pairs, so the expected number of
+  level-0 pairs per level-``R`` pair is ``E_R = 2 E_(R-1) / p_R`` with ``E_0 = 1``, i.e.
+  ``2^R / prod_l p_l``.
 * Key from pairs, BBM92 with one-way post-processing (P. W. Shor, J. Preskill, PRL 85, 441, 2000):
   ``r = 1 - h(e_X) - f h(e_Z)`` per sifted pair, ``r = 1 - 2 h(Q)`` for Werner pairs with
   ``Q = 2 (1 - F)/3``; zero at ``Q = 11.0 %``, so key needs ``F > 0.835``.
@@ -78,6 +83,8 @@ __all__ = [
     "geometric_storage_decay",
     "heralding_probability",
     "multiplexed_probability",
+    "recurrence_purification",
+    "shor_preskill_fraction",
     "single_click",
     "swap",
     "swap_chain",
@@ -323,3 +330,38 @@ def geometric_storage_decay(p: float, attempt_s: float, coherence_s: float, qubi
         return 1.0
     z = math.exp(-qubits * attempt_s / coherence_s)
     return p * z / (1.0 - (1.0 - p) * z)
+
+
+def recurrence_purification(
+    state: BellState, rounds: int, protocol: str = "bbpssw"
+) -> tuple[BellState, float, list[float]]:
+    """``R`` rounds of recurrence purification on identical pairs (Duer, Briegel 2007, section 6).
+
+    Returns ``(output state, expected input pairs per output pair, success probability per round)``;
+    the expected input pairs are ``2^R / prod_l p_l`` (a failed round discards both of its pairs).
+    ``protocol`` is ``"bbpssw"`` or ``"dejmps"``.
+    """
+    if rounds < 0:
+        raise ConfigError(f"purification rounds must not be negative, got {rounds}")
+    if protocol not in ("bbpssw", "dejmps"):
+        raise ConfigError(f"unknown purification protocol {protocol!r}")
+    step = bbpssw if protocol == "bbpssw" else dejmps
+    consumed = 1.0
+    probabilities: list[float] = []
+    for _ in range(rounds):
+        p_ok, state = step(state, state)
+        probabilities.append(p_ok)
+        consumed = 2.0 * consumed / p_ok
+    return state, consumed, probabilities
+
+
+def shor_preskill_fraction(e_phase: float, e_bit: float, ec_efficiency: float = 1.0) -> float:
+    """Secret bits per sifted bit from estimated error rates: ``1 - h(e_ph) - f h(e_bit)``, floored at 0.
+
+    P. W. Shor, J. Preskill, PRL 85, 441 (2000); for BBM92 key taken in one basis, the phase error rate is
+    the error rate measured in the other basis.
+    """
+    for e in (e_phase, e_bit):
+        if not 0.0 <= e <= 1.0:
+            raise ConfigError(f"error rate must be within [0, 1], got {e}")
+    return max(0.0, 1.0 - binary_entropy(min(e_phase, 0.5)) - ec_efficiency * binary_entropy(min(e_bit, 0.5)))

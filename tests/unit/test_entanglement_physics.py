@@ -144,3 +144,27 @@ def _geometric(rng: random.Random, p: float) -> int:
     if p >= 1.0:
         return 1
     return 1 + int(math.log(1.0 - rng.random()) / math.log(1.0 - p))
+
+
+def test_recurrence_purification_follows_the_step_formulas() -> None:
+    from qsdn.physics.entanglement import recurrence_purification
+
+    s0 = werner(0.85)
+    out, consumed, probs = recurrence_purification(s0, 2, "dejmps")
+    p1, s1 = dejmps(s0, s0)
+    p2, s2 = dejmps(s1, s1)
+    assert out.p == pytest.approx(s2.p)
+    assert probs == pytest.approx([p1, p2])
+    assert consumed == pytest.approx(4 / (p1 * p2))
+    assert recurrence_purification(s0, 0) == (s0, 1.0, [])
+    with pytest.raises(ConfigError):
+        recurrence_purification(s0, 1, "nope")
+
+
+def test_shor_preskill_fraction_matches_bbm92_for_werner_pairs() -> None:
+    from qsdn.physics.entanglement import shor_preskill_fraction
+
+    s = werner(0.95)
+    assert shor_preskill_fraction(s.qber_x, s.qber_z) == pytest.approx(bbm92_secret_fraction(s))
+    assert shor_preskill_fraction(0.2, 0.2) == 0.0
+    assert shor_preskill_fraction(0.0, 0.0, 1.2) == 1.0
