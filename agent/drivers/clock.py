@@ -1,0 +1,158 @@
+"""Injected clocks: the emulators schedule every event through one of these, never through ``time``.
+
+:class:`Clock` is the protocol: ``now()`` in seconds, ``call_at``/``call_later`` returning a
+:class:`TimerHandle` that can be cancelled. Two implementations:
+
+* :class:`VirtualClock`: a discrete-event scheduler. Events sit in a heap ordered by
+  ``(time, sequence number)``; :meth:`VirtualClock.run_until` pops them in order and sets ``now`` to each
+  event's time, as fast as the CPU allows. Events due at the same time run in the order they were
+  scheduled (the sequence number), so a run is a deterministic function of its inputs.
+* :class:`AsyncioClock`: real time on an asyncio event loop (``loop.time()``, ``loop.call_at``), for the
+  agent driving emulated hardware live.
+
+Callbacks take no arguments (bind them with :func:`functools.partial`) and must not raise: a raising
+callback propagates out of :meth:`VirtualClock.run_until`, which is what tests want.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+import itertools
+import math
+from collections.abc import Callable
+from typing import Protocol
+
+from qsdn.errors import ConfigError
+
+__all__ = ["AsyncioClock", "Clock", "TimerHandle", "VirtualClock"]
+
+
+class TimerHandle(Protocol):
+    """A scheduled callback."""
+
+    def cancel(self) -> None:
+        """Do not run the callback (no effect if it already ran)."""
+
+    def cancelled(self) -> bool: ...
+
+
+class Clock(Protocol):
+    """Time and timers, injected into emulated hardware and protocol engines."""
+
+    def now(self) -> float:
+        """Current time in seconds."""
+        ...
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:
+        """Run ``callback`` at time ``when`` (immediately after earlier events if ``when`` is past)."""
+        ...
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        """Run ``callback`` after ``delay`` seconds."""
+        ...
+
+
+class _VirtualHandle:
+    __slots__ = ("_callback", "_cancelled", "seq", "when")
+
+    def __init__(self, when: float, seq: int, callback: Callable[[], None]) -> None:
+        self.when = when
+        self.seq = seq
+        self._callback: Callable[[], None] | None = callback
+        self._cancelled = False
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        self._callback = None  # drop references early
+
+    def cancelled(self) -> bool:
+        return self._cancelled
+
+    def __lt__(self, other: _VirtualHandle) -> bool:
+        return (self.when, self.seq) < (other.when, other.seq)
+
+    def fire(self) -> None:
+        callback, self._callback = self._callback, None
+        if callback is not None and not self._cancelled:
+            callback()
+
+
+class VirtualClock:
+    """Discrete-event virtual time: deterministic, as fast as the CPU allows."""
+
+    def __init__(self, start_s: float = 0.0) -> None:
+        self._now = float(start_s)
+        self._heap: list[_VirtualHandle] = []
+        self._seq = itertools.count()
+        self._events_run = 0
+
+    def now(self) -> float:
+        return self._now
+
+    @property
+    def events_run(self) -> int:
+        """How many callbacks have run (a measure of emulation work)."""
+        return self._events_run
+
+    def pending(self) -> int:
+        """Scheduled callbacks not yet run or cancelled."""
+        return sum(1 for h in self._heap if not h.cancelled())
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:
+        if math.isnan(when):
+            raise ConfigError("cannot schedule an event at NaN")
+        handle = _VirtualHandle(max(when, self._now), next(self._seq), callback)
+        heapq.heappush(self._heap, handle)
+        return handle
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        if delay < 0 or math.isnan(delay):
+            raise ConfigError(f"delay must not be negative, got {delay}")
+        return self.call_at(self._now + delay, callback)
+
+    def step(self) -> bool:
+        """Run the next event; False if there is none."""
+        while self._heap:
+            handle = heapq.heappop(self._heap)
+            if handle.cancelled():
+                continue
+            self._now = handle.when
+            self._events_run += 1
+            handle.fire()
+            return True
+        return False
+
+    def run_until(self, until_s: float) -> None:
+        """Run every event due at or before ``until_s``, then set the time to ``until_s``."""
+        if until_s < self._now:
+            raise ConfigError(f"cannot run back in time to {until_s} (now {self._now})")
+        heap = self._heap
+        while heap and heap[0].when <= until_s:
+            if not self.step():
+                break
+        self._now = until_s
+
+    def run(self, max_events: int | None = None) -> None:
+        """Run until no event is left (or ``max_events`` have run)."""
+        done = 0
+        while (max_events is None or done < max_events) and self.step():
+            done += 1
+
+
+class AsyncioClock:
+    """Real time on an asyncio loop: ``now`` is ``loop.time()``; timers are the loop's."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self._loop = loop if loop is not None else asyncio.get_running_loop()
+
+    def now(self) -> float:
+        return self._loop.time()
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:
+        return self._loop.call_at(when, callback)
+
+    def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
+        if delay < 0:
+            raise ConfigError(f"delay must not be negative, got {delay}")
+        return self._loop.call_later(delay, callback)

@@ -1,0 +1,731 @@
+"""Node protocol engines of an emulated repeater chain: repeaters and end nodes over a classical channel.
+
+The chain is ``node_0 - node_1 - ... - node_n``; hop ``h`` joins ``node_h`` and ``node_{h+1}``. Every node
+drives its own hardware through a :class:`~agent.drivers.quantum_medium.NodePort` (its memory slots only)
+and talks to the others through a :class:`ClassicalChannel` (virtual: messages delivered by the clock after
+the propagation delay ``L/c`` summed over the hops between the two nodes). What a node knows is what it
+was told: heralds of its hops, and messages.
+
+Elementary links
+----------------
+A node keeps ``memories`` slots per adjacent hop (end nodes ``end_memories``). A hop attempts whenever both
+of its ends have offered a free slot (:meth:`QuantumMedium.request_pair`). In ``generation="rounds"`` a hop
+produces at most one pair per *round*; in ``"continuous"`` it attempts again as soon as its slots free up.
+The right node of a hop applies the herald's Pauli frame to its qubit at once (a local gate).
+
+Pair labels: a heralded pair is labelled ``(hop, sequence)``. A swap at a repeater joins the pair labelled
+``left`` (on its left hop) with ``right``; the repeater announces :class:`SwapOutcome` (labels, success,
+the two BSM bits) to both end nodes and to the repeaters whose swap order waits on it. A discarded qubit is
+announced with :class:`Discarded`. An end node follows the labels from its own elementary pair across the
+announced swaps (:class:`SwapRecords`) to the far end's elementary pair: then it knows its partner, the
+end-to-end pair id (the label of the left end's elementary pair) and, at the right end, the Pauli
+correction (XOR of the BSM bits), which it applies. A failed swap or a discard on the way fails the pair.
+
+Repeaters
+---------
+Swap order: ``asap`` swaps as soon as both sides hold a qubit; ``sequential`` (left to right) swaps when
+the left qubit's pair already reaches node 0; ``nested`` (balanced doubling) splits every span at its
+middle node, and a node swaps when its left and right qubits' pairs already reach the ends of its span.
+Cut-off: a qubit stored longer than ``cutoff_s`` at a repeater is discarded (and announced). Swap failure
+(probability ``1 - a``, decided by the hardware) loses both pairs. A repeater is given heralds and BSM
+outcomes only; it never receives end-to-end messages (bases, samples, parities, key).
+
+Rounds (the protocol the closed forms describe)
+-----------------------------------------------
+With ``generation="rounds"`` every hop attempts from a common start; a hop that succeeds holds its pair;
+repeaters swap ``asap``; the round ends when every repeater has swapped successfully, or any swap failed or
+any qubit was cut off, and the next round starts at that instant. This is time-slotted operation with an
+ideal slot controller (:class:`RoundSync`, told only "swapped", "failed", "discarded" by repeaters), the
+assumption under which the mean time to an end-to-end pair is ``E[max of n geometrics]`` attempts (and
+``(3 - 2p)/(a p (2 - p))`` for two segments, E. Shchukin, F. Schmidt, P. van Loock, PRA 100, 032322, 2019).
+A repeater left holding qubits of a failed round discards them. End nodes wait for the messages and keep
+spare memories, so they never hold a round back.
+
+End nodes
+---------
+After resolution, optional end-to-end purification: the left end pairs two pairs of the same level
+(recurrence, or "symmetric", purification: W. Duer, H.-J. Briegel, Rep. Prog. Phys. 70, 1381, 2007),
+runs its half of the round, and sends :class:`PurifyRequest` with its bit; the right end runs its half and
+returns :class:`PurifyBit`; equal bits keep the pair at the next level, unequal discard it. A pair that has
+passed ``purification_rounds`` levels is handed to the application (:class:`DeliveredPair`), which
+measures or releases it: this is the node API for delivering entanglement to applications. BBM92 key
+(:mod:`agent.drivers.bbm92`) is one such application.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum, StrEnum
+from typing import Protocol
+
+from agent.drivers.clock import Clock, TimerHandle
+from agent.drivers.quantum_medium import Basis, Herald, NodePort, PurificationProtocol
+from qsdn.errors import ConfigError, DriverError
+from qsdn.physics.entanglement import FIBRE_LIGHT_SPEED_M_S
+
+__all__ = [
+    "ChainLayout",
+    "ClassicalChannel",
+    "DeliveredPair",
+    "Discarded",
+    "EndNode",
+    "EndNodeStats",
+    "Generation",
+    "PurifyBit",
+    "PurifyRequest",
+    "RepeaterNode",
+    "RepeaterStats",
+    "RoundSync",
+    "SwapOrder",
+    "SwapOutcome",
+    "SwapRecords",
+    "VirtualChannel",
+    "swap_targets",
+]
+
+logger = logging.getLogger(__name__)
+
+Label = tuple[int, int]
+
+
+class SwapOrder(StrEnum):
+    ASAP = "asap"
+    SEQUENTIAL = "sequential"
+    NESTED = "nested"
+
+
+class Generation(StrEnum):
+    ROUNDS = "rounds"
+    CONTINUOUS = "continuous"
+
+
+# -- messages ------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class SwapOutcome:
+    """A repeater's Bell measurement joined pair ``left`` with pair ``right`` (or failed to)."""
+
+    repeater: str
+    left: Label
+    right: Label
+    ok: bool
+    bits: int
+
+
+@dataclass(frozen=True, slots=True)
+class Discarded:
+    """A node reset the memory holding its qubit of pair ``label``."""
+
+    node: str
+    label: Label
+
+
+@dataclass(frozen=True, slots=True)
+class PurifyRequest:
+    """Left end to right end: purify ``keep`` with ``sacrifice`` (level ``level``); my outcome bit."""
+
+    keep: Label
+    sacrifice: Label
+    level: int
+    bit: int
+
+
+@dataclass(frozen=True, slots=True)
+class PurifyBit:
+    """Right end to left end: my outcome bit of the round on ``keep``."""
+
+    keep: Label
+    bit: int
+
+
+# -- classical channel --------------------------------------------------------------------------------
+
+
+class ClassicalChannel(Protocol):
+    """Authenticated classical messages between named nodes."""
+
+    def send(self, src: str, dst: str, message: object) -> None: ...
+
+
+class VirtualChannel:
+    """Delivers each message by the clock after ``delay_s(src, dst)``; FIFO per pair of nodes."""
+
+    def __init__(self, clock: Clock, delay_s: Callable[[str, str], float]) -> None:
+        self._clock = clock
+        self._delay = delay_s
+        self._handlers: dict[str, Callable[[str, object], None]] = {}
+        self.sent = 0
+
+    def attach(self, node: str, handler: Callable[[str, object], None]) -> None:
+        self._handlers[node] = handler
+
+    def send(self, src: str, dst: str, message: object) -> None:
+        try:
+            handler = self._handlers[dst]
+        except KeyError:
+            raise DriverError(f"{src}: no classical route to {dst}") from None
+        self.sent += 1
+        self._clock.call_later(self._delay(src, dst), functools.partial(handler, src, message))
+
+
+@dataclass(frozen=True, slots=True)
+class ChainLayout:
+    """Node names left to right and hop lengths; classical delay is the summed length over ``c``."""
+
+    nodes: tuple[str, ...]
+    lengths_km: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        if len(self.nodes) < 2 or len(self.lengths_km) != len(self.nodes) - 1:
+            raise ConfigError("a chain needs at least two nodes and one length per hop")
+        if len(set(self.nodes)) != len(self.nodes):
+            raise ConfigError("chain node names must be unique")
+
+    @property
+    def hops(self) -> int:
+        return len(self.lengths_km)
+
+    def index(self, node: str) -> int:
+        return self.nodes.index(node)
+
+    def delay_s(self, src: str, dst: str) -> float:
+        i, j = sorted((self.index(src), self.index(dst)))
+        return sum(self.lengths_km[i:j]) * 1000.0 / FIBRE_LIGHT_SPEED_M_S
+
+
+def swap_targets(order: SwapOrder, index: int, hops: int) -> tuple[int, int]:
+    """For repeater ``index``: the hop its left pair must reach leftwards and its right pair rightwards."""
+    if not 0 < index < hops:
+        raise ConfigError(f"node {index} is not a repeater of a {hops}-hop chain")
+    if order is SwapOrder.ASAP:
+        return index - 1, index
+    if order is SwapOrder.SEQUENTIAL:
+        return 0, index
+    lo, hi = 0, hops
+    while True:
+        mid = (lo + hi) // 2
+        if mid == index:
+            return lo, hi - 1
+        lo, hi = (lo, mid) if index < mid else (mid, hi)
+
+
+class SwapRecords:
+    """Announced swaps and discards, indexed to follow a pair's labels along the chain."""
+
+    def __init__(self) -> None:
+        self._by_left: dict[Label, SwapOutcome] = {}
+        self._by_right: dict[Label, SwapOutcome] = {}
+        self._discarded: set[Label] = set()
+
+    def add(self, message: object) -> None:
+        if isinstance(message, SwapOutcome):
+            self._by_left[message.left] = message
+            self._by_right[message.right] = message
+        elif isinstance(message, Discarded):
+            self._discarded.add(message.label)
+
+    def walk(self, label: Label, rightwards: bool, target_hop: int) -> tuple[str, Label, int]:
+        """Follow ``label`` to ``target_hop``: ``("ok"|"pending"|"failed", far label, XOR of BSM bits)``."""
+        frame = 0
+        index = self._by_left if rightwards else self._by_right
+        while label[0] != target_hop:
+            out = index.get(label)
+            if out is None:
+                return ("failed" if label in self._discarded else "pending"), label, frame
+            if not out.ok:
+                return "failed", label, frame
+            frame ^= out.bits
+            label = out.right if rightwards else out.left
+        if label in self._discarded:
+            return "failed", label, frame
+        return "ok", label, frame
+
+    def forget(self, label: Label, rightwards: bool, target_hop: int) -> None:
+        """Drop the records a resolved (or failed) walk used."""
+        index = self._by_left if rightwards else self._by_right
+        while label[0] != target_hop:
+            out = index.get(label)
+            if out is None:
+                break
+            self._by_left.pop(out.left, None)
+            self._by_right.pop(out.right, None)
+            label = out.right if rightwards else out.left
+        self._discarded.discard(label)
+
+
+class RoundSync:
+    """The ideal slot controller of ``generation="rounds"``: knows only swapped / failed / discarded."""
+
+    def __init__(self, clock: Clock, repeaters: int) -> None:
+        self._clock = clock
+        self._expected = repeaters
+        self._ok: set[str] = set()
+        self._ending = False
+        self.round = 0
+        self._nodes: list[Callable[[int], None]] = []
+
+    def attach(self, new_round: Callable[[int], None]) -> None:
+        self._nodes.append(new_round)
+
+    def report(self, node: str, round_no: int, ok: bool) -> None:
+        if round_no != self.round or self._ending:
+            return
+        if ok:
+            self._ok.add(node)
+        if not ok or len(self._ok) >= self._expected:
+            self._ending = True
+            self._clock.call_later(0.0, self._next)
+
+    def _next(self) -> None:
+        self.round += 1
+        self._ok.clear()
+        self._ending = False
+        for cb in self._nodes:
+            cb(self.round)
+
+
+# -- nodes --------------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _Held:
+    label: Label
+    slot: int
+    since_s: float
+    cutoff: TimerHandle | None = None
+
+
+class _Side(Enum):
+    LEFT = 0
+    RIGHT = 1
+
+
+class _NodeBase:
+    """Slots per adjacent hop, generation requests, herald bookkeeping."""
+
+    def __init__(
+        self,
+        name: str,
+        layout: ChainLayout,
+        port: NodePort,
+        channel: ClassicalChannel,
+        clock: Clock,
+        memories: int,
+        generation: Generation,
+        rounds: RoundSync | None,
+    ) -> None:
+        if memories < 1:
+            raise ConfigError(f"node {name}: needs at least one memory per hop")
+        self.name = name
+        self._layout = layout
+        self._index = layout.index(name)
+        self._port = port
+        self._channel = channel
+        self._clock = clock
+        self._generation = generation
+        self._rounds = rounds
+        self._round = 0
+        self._hops: dict[_Side, int] = {}
+        if self._index > 0:
+            self._hops[_Side.LEFT] = self._index - 1
+        if self._index < layout.hops:
+            self._hops[_Side.RIGHT] = self._index
+        self._free: dict[_Side, list[int]] = {}
+        slot = 0
+        for side in self._hops:
+            self._free[side] = list(range(slot + memories - 1, slot - 1, -1))
+            slot += memories
+        self._made_this_round: set[_Side] = set()
+        self.elementary_pairs = 0
+        if rounds is not None:
+            rounds.attach(self._new_round)
+
+    def start(self) -> None:
+        for side in self._hops:
+            self._request(side)
+
+    def _side_of(self, hop: int) -> _Side:
+        return _Side.LEFT if self._hops.get(_Side.LEFT) == hop else _Side.RIGHT
+
+    def _request(self, side: _Side) -> None:
+        hop = self._hops[side]
+        if self._port.generating(hop) or not self._free[side]:
+            return
+        if self._generation is Generation.ROUNDS and side in self._made_this_round:
+            return
+        self._port.request_pair(hop, self._free[side].pop())
+
+    def _release(self, side: _Side, slot: int) -> None:
+        self._free[side].append(slot)
+        self._request(side)
+
+    def _new_round(self, round_no: int) -> None:
+        self._round = round_no
+        self._made_this_round.clear()
+        for side in self._hops:
+            self._request(side)
+
+    def on_herald(self, herald: Herald) -> None:
+        side = self._side_of(herald.hop)
+        self.elementary_pairs += 1
+        self._made_this_round.add(side)
+        if side is _Side.LEFT:
+            self._port.apply_pauli(herald.slot, herald.frame)  # right end of the hop corrects
+        self._held(side, _Held(herald.label, herald.slot, self._clock.now()))
+        self._request(side)
+
+    def _held(self, side: _Side, held: _Held) -> None:
+        raise NotImplementedError
+
+    def on_message(self, src: str, message: object) -> None:
+        raise NotImplementedError
+
+    def _announce(self, message: object, to: list[str]) -> None:
+        for dst in to:
+            self._channel.send(self.name, dst, message)
+
+
+@dataclass(slots=True)
+class RepeaterStats:
+    swaps: int = 0
+    swap_failures: int = 0
+    cutoff_discards: int = 0
+    round_discards: int = 0
+    failed_discards: int = 0
+
+
+class RepeaterNode(_NodeBase):
+    """Swaps pairs on its two hops by its swap order; knows heralds and BSM outcomes, nothing else."""
+
+    def __init__(
+        self,
+        name: str,
+        layout: ChainLayout,
+        port: NodePort,
+        channel: ClassicalChannel,
+        clock: Clock,
+        *,
+        memories: int = 1,
+        swap_order: SwapOrder = SwapOrder.ASAP,
+        cutoff_s: float | None = None,
+        generation: Generation = Generation.ROUNDS,
+        rounds: RoundSync | None = None,
+    ) -> None:
+        super().__init__(name, layout, port, channel, clock, memories, generation, rounds)
+        if not 0 < self._index < layout.hops:
+            raise ConfigError(f"node {name} is an end of the chain, not a repeater")
+        if cutoff_s is not None and not cutoff_s > 0:
+            raise ConfigError(f"node {name}: cut-off must be positive")
+        self._cutoff_s = cutoff_s
+        self._targets = swap_targets(swap_order, self._index, layout.hops)
+        self._waiting: dict[_Side, deque[_Held]] = {_Side.LEFT: deque(), _Side.RIGHT: deque()}
+        self._records = SwapRecords()
+        self.stats = RepeaterStats()
+        hops = layout.hops
+        ends = [layout.nodes[0], layout.nodes[-1]]
+        # Repeaters whose swap order waits on this one: those whose targets span past their own hops.
+        watchers = []
+        for j in range(1, hops):
+            if j == self._index:
+                continue
+            lo, hi = swap_targets(swap_order, j, hops)
+            if (lo < j - 1 and lo < self._index < j) or (hi > j and j < self._index <= hi):
+                watchers.append(layout.nodes[j])
+        self._audience = ends + watchers
+
+    def on_message(self, src: str, message: object) -> None:
+        if isinstance(message, SwapOutcome | Discarded):
+            self._records.add(message)
+            self._try_swap()
+        else:
+            logger.warning(
+                "repeater %s: unexpected %s from %s ignored", self.name, type(message).__name__, src
+            )
+
+    def _held(self, side: _Side, held: _Held) -> None:
+        if self._cutoff_s is not None:
+            held.cutoff = self._clock.call_later(self._cutoff_s, functools.partial(self._cut, side, held))
+        self._waiting[side].append(held)
+        self._try_swap()
+
+    def _cut(self, side: _Side, held: _Held) -> None:
+        if held in self._waiting[side]:
+            self._waiting[side].remove(held)
+            self.stats.cutoff_discards += 1
+            logger.debug("repeater %s: pair %s stored past the cut-off, discarded", self.name, held.label)
+            self._drop(side, held)
+            self._report(False)
+
+    def _drop(self, side: _Side, held: _Held) -> None:
+        if held.cutoff is not None:
+            held.cutoff.cancel()
+        self._port.discard(held.slot)
+        self._announce(Discarded(self.name, held.label), self._audience)
+        self._release(side, held.slot)
+
+    def _ready(self, side: _Side) -> _Held | None:
+        """The oldest qubit on ``side`` whose pair reaches the target; drops those that failed."""
+        rightwards = side is _Side.RIGHT
+        target = self._targets[1] if rightwards else self._targets[0]
+        for held in list(self._waiting[side]):
+            status, _, _ = self._records.walk(held.label, rightwards, target)
+            if status == "ok":
+                return held
+            if status == "failed":
+                self._waiting[side].remove(held)
+                self.stats.failed_discards += 1
+                self._drop(side, held)
+        return None
+
+    def _try_swap(self) -> None:
+        while True:
+            left, right = self._ready(_Side.LEFT), self._ready(_Side.RIGHT)
+            if left is None or right is None:
+                return
+            self._waiting[_Side.LEFT].remove(left)
+            self._waiting[_Side.RIGHT].remove(right)
+            for h in (left, right):
+                if h.cutoff is not None:
+                    h.cutoff.cancel()
+            result = self._port.bell_measure(left.slot, right.slot)
+            self._records.forget(left.label, False, self._targets[0])
+            self._records.forget(right.label, True, self._targets[1])
+            self.stats.swaps += 1
+            if not result.ok:
+                self.stats.swap_failures += 1
+            logger.debug(
+                "repeater %s: swapped %s with %s ok=%s", self.name, left.label, right.label, result.ok
+            )
+            self._announce(
+                SwapOutcome(self.name, left.label, right.label, result.ok, result.bits), self._audience
+            )
+            self._release(_Side.LEFT, left.slot)
+            self._release(_Side.RIGHT, right.slot)
+            self._report(result.ok)
+
+    def _report(self, ok: bool) -> None:
+        if self._rounds is not None:
+            self._rounds.report(self.name, self._round, ok)
+
+    def _new_round(self, round_no: int) -> None:
+        for side, queue in self._waiting.items():
+            while queue:
+                held = queue.popleft()
+                self.stats.round_discards += 1
+                self._port.discard(held.slot)
+                if held.cutoff is not None:
+                    held.cutoff.cancel()
+                self._announce(Discarded(self.name, held.label), self._audience)
+                self._free[side].append(held.slot)
+        super()._new_round(round_no)
+
+
+class DeliveredPair:
+    """An end-to-end pair handed to an application at one end: measure it or release it, once."""
+
+    __slots__ = ("_node", "delivered_s", "node", "pair_id", "partner", "slot")
+
+    def __init__(self, node: EndNode, pair_id: Label, partner: str, slot: int, delivered_s: float) -> None:
+        self._node: EndNode | None = node
+        self.node = node.name
+        self.pair_id = pair_id
+        self.partner = partner
+        self.slot = slot
+        self.delivered_s = delivered_s
+
+    def measure(self, basis: Basis) -> int:
+        node = self._take()
+        return node._consume(self.slot, basis)
+
+    def release(self) -> None:
+        node = self._take()
+        node._consume(self.slot, None)
+
+    def _take(self) -> EndNode:
+        if self._node is None:
+            raise DriverError(f"pair {self.pair_id} already measured or released")
+        node, self._node = self._node, None
+        return node
+
+
+@dataclass(slots=True)
+class EndNodeStats:
+    resolved: int = 0
+    failed: int = 0
+    purify_ok: int = 0
+    purify_failed: int = 0
+    delivered: int = 0
+
+
+class EndNode(_NodeBase):
+    """An end of the chain: resolves end-to-end pairs, corrects frames, purifies, delivers to the app."""
+
+    def __init__(
+        self,
+        name: str,
+        layout: ChainLayout,
+        port: NodePort,
+        channel: ClassicalChannel,
+        clock: Clock,
+        *,
+        memories: int = 16,
+        purification: PurificationProtocol | None = None,
+        purification_rounds: int = 0,
+        generation: Generation = Generation.ROUNDS,
+        rounds: RoundSync | None = None,
+    ) -> None:
+        super().__init__(name, layout, port, channel, clock, memories, generation, rounds)
+        if 0 < self._index < layout.hops:
+            raise ConfigError(f"node {name} is a repeater, not an end of the chain")
+        if purification_rounds < 0 or (purification_rounds and purification is None):
+            raise ConfigError(f"node {name}: purification rounds need a protocol")
+        self._left_end = self._index == 0
+        self._side = _Side.RIGHT if self._left_end else _Side.LEFT
+        self._peer = layout.nodes[-1] if self._left_end else layout.nodes[0]
+        self._target = layout.hops - 1 if self._left_end else 0
+        self._protocol = purification
+        self._levels = purification_rounds
+        self._records = SwapRecords()
+        self._unresolved: list[_Held] = []
+        self._pairs: dict[Label, tuple[int, int]] = {}  # pair id -> (slot, level): resolved, not delivered
+        self._queues: list[list[Label]] = [[] for _ in range(purification_rounds)]  # left end: by level
+        self._requests: dict[Label, PurifyRequest] = {}  # right end: waiting for both pairs
+        self._my_bits: dict[Label, int] = {}  # left end: my bit of a round in flight
+        self._app: Callable[[DeliveredPair], None] | None = None
+        self._app_messages: Callable[[str, object], None] | None = None
+        self.stats = EndNodeStats()
+
+    @property
+    def peer(self) -> str:
+        return self._peer
+
+    @property
+    def is_left_end(self) -> bool:
+        return self._left_end
+
+    def set_application(
+        self,
+        on_pair: Callable[[DeliveredPair], None],
+        on_message: Callable[[str, object], None] | None = None,
+    ) -> None:
+        """Install the application: ``on_pair`` gets delivered pairs, ``on_message`` the peer's messages."""
+        self._app = on_pair
+        self._app_messages = on_message
+
+    def send_to_peer(self, message: object) -> None:
+        """An application message to the other end, over the authenticated classical channel."""
+        self._channel.send(self.name, self._peer, message)
+
+    # -- elementary pairs and resolution --------------------------------------------------------------
+
+    def _held(self, side: _Side, held: _Held) -> None:
+        self._unresolved.append(held)
+        if self._layout.hops == 1 and self._left_end and self._rounds is not None:
+            self._rounds.report(self.name, self._round, True)  # no repeater: the herald ends the round
+        self._resolve()
+
+    def on_message(self, src: str, message: object) -> None:
+        if isinstance(message, SwapOutcome | Discarded):
+            self._records.add(message)
+            self._resolve()
+        elif isinstance(message, PurifyRequest) and not self._left_end:
+            self._requests[message.keep] = message
+            self._serve_requests()
+        elif isinstance(message, PurifyBit) and self._left_end:
+            self._purify_done(message.keep, self._my_bits.pop(message.keep) == message.bit)
+        elif self._app_messages is not None and src == self._peer:
+            self._app_messages(src, message)
+        else:
+            logger.warning(
+                "end node %s: unexpected %s from %s ignored", self.name, type(message).__name__, src
+            )
+
+    def _resolve(self) -> None:
+        rightwards = self._left_end
+        for held in list(self._unresolved):
+            status, far, frame = self._records.walk(held.label, rightwards, self._target)
+            if status == "pending":
+                continue
+            self._unresolved.remove(held)
+            self._records.forget(held.label, rightwards, self._target)
+            if status == "failed":
+                self.stats.failed += 1
+                self._port.discard(held.slot)
+                self._release(self._side, held.slot)
+                continue
+            self.stats.resolved += 1
+            if not self._left_end:
+                self._port.apply_pauli(held.slot, frame)
+            pair_id = held.label if self._left_end else far
+            self._pairs[pair_id] = (held.slot, 0)
+            self._advance(pair_id)
+        self._serve_requests()
+
+    # -- purification ---------------------------------------------------------------------------------
+
+    def _advance(self, pair_id: Label) -> None:
+        slot, level = self._pairs[pair_id]
+        if level >= self._levels:
+            del self._pairs[pair_id]
+            self._deliver(pair_id, slot)
+            return
+        if not self._left_end:
+            return  # the right end follows the left end's requests
+        queue = self._queues[level]
+        queue.append(pair_id)
+        if len(queue) >= 2:
+            keep, sacrifice = queue.pop(0), queue.pop(0)
+            assert self._protocol is not None
+            bit = self._port.purify_local(self._pairs[keep][0], self._pairs[sacrifice][0], self._protocol)
+            self._release(self._side, self._pairs.pop(sacrifice)[0])
+            self._my_bits[keep] = bit
+            self.send_to_peer(PurifyRequest(keep, sacrifice, level, bit))
+
+    def _serve_requests(self) -> None:
+        if self._left_end:
+            return
+        for keep, req in list(self._requests.items()):
+            if keep not in self._pairs or req.sacrifice not in self._pairs:
+                continue
+            del self._requests[keep]
+            assert self._protocol is not None
+            bit = self._port.purify_local(self._pairs[keep][0], self._pairs[req.sacrifice][0], self._protocol)
+            self._release(self._side, self._pairs.pop(req.sacrifice)[0])
+            self.send_to_peer(PurifyBit(keep, bit))
+            self._purify_done(keep, bit == req.bit)
+
+    def _purify_done(self, keep: Label, ok: bool) -> None:
+        slot, level = self._pairs[keep]
+        if ok:
+            self.stats.purify_ok += 1
+            self._pairs[keep] = (slot, level + 1)
+            self._advance(keep)
+        else:
+            self.stats.purify_failed += 1
+            del self._pairs[keep]
+            self._port.discard(slot)
+            self._release(self._side, slot)
+
+    # -- delivery -------------------------------------------------------------------------------------
+
+    def _deliver(self, pair_id: Label, slot: int) -> None:
+        self.stats.delivered += 1
+        pair = DeliveredPair(self, pair_id, self._peer, slot, self._clock.now())
+        if self._app is None:
+            pair.release()
+        else:
+            self._app(pair)
+
+    def _consume(self, slot: int, basis: Basis | None) -> int:
+        outcome = 0
+        if basis is None:
+            self._port.discard(slot)
+        else:
+            outcome = self._port.measure(slot, basis)
+        self._release(self._side, slot)
+        return outcome

@@ -1,0 +1,473 @@
+"""The emulated quantum medium: photons, memories and their joint states, apart from the nodes' software.
+
+A node's controller (:mod:`agent.drivers.emulated_entanglement`) can only do what it could do to real
+hardware: ask the heralding station of a hop for a pair into one of its memory slots, apply a Pauli gate
+to a slot, Bell-measure two of its slots, measure one slot in a basis, run a purification round on two
+slots, free a slot. It learns only what hardware would tell it: a herald (which slots now share a pair,
+and the Pauli frame the station's detector pattern implies), a Bell-measurement outcome, a measurement
+outcome, a purification round's local outcome bit. The joint quantum states live here and nowhere else.
+
+State
+-----
+Every live pair is a Bell-diagonal state (:class:`qsdn.physics.entanglement.BellState`, error
+probabilities of I, Z, X, Y on |Phi+>) plus a Pauli *frame* ``f`` (an index 0..3): the actual pair is the
+state with every error index XORed with ``f``. Heralds and Bell measurements put uniformly random,
+known-to-the-nodes Paulis into the frame; :meth:`QuantumMedium.apply_pauli` (a node's correction) XORs
+them out. A Pauli on either qubit has the same effect on a Bell-diagonal pair (up to a global phase).
+
+Each qubit remembers when it was last *touched*. Decoherence is applied lazily when a qubit is touched
+(measured, swapped, purified, corrected, inspected), from the injected clock's time, per qubit, with its
+node's memory parameters: depolarising with coherence time ``T`` (every Bell component relaxes to 1/4 by
+``exp(-t/T)``) and optionally dephasing with ``T2`` (I mixes with Z and X with Y by
+``(1 - exp(-t/T2))/2``), :func:`~qsdn.physics.entanglement.depolarise` and
+:func:`~qsdn.physics.entanglement.dephase` with ``qubits=1`` (SYSTEM.md section 4). Both channels commute
+with the Pauli frame.
+
+Generation (S. D. Barrett, P. Kok, PRA 71, 060310, 2005)
+-------------------------------------------------------
+A hop has a heralding station in the middle. When both end nodes have asked for a pair into a free slot,
+the station attempts once per ``attempt_s = L/c`` with success probability ``p`` (``eta_A eta_B / 2``,
+or ``1 - (1-p)^M`` over ``M`` modes, or ``2 alpha eta`` single-click, computed by the caller). The number
+of attempts is sampled at once as a geometric variable, so virtual time does not tick per attempt; the
+herald arrives ``N * attempt_s`` after the request. The new pair has the hop's heralded state (fidelity
+``F0`` as heralded, which includes what happened during the attempt) and a random frame in {X, Y}
+(Barrett-Kok heralds |Psi+> or |Psi->, which detector pattern says); its qubits enter memory then.
+
+Measurement
+-----------
+The first measurement of a pair gives a uniformly random bit; the partner qubit collapses to the
+correlated eigenstate (anti-correlated when the actual error has an X component for a Z measurement, a Z
+component for an X measurement), sampled from the joint state at that time. A collapsed qubit measured
+later in the same basis gives that value, flipped with the probability its memory decohered it since
+(``(1 - exp(-t/T))/2``, plus ``(1 - exp(-t/T2))/2`` in the X basis); in the other basis, or if its
+partner was discarded, a uniformly random bit.
+
+Bell measurement (entanglement swapping, H.-J. Briegel et al., PRL 81, 5932, 1998)
+-------------------------------------------------------------------------------
+On two slots of one node holding qubits of two pairs: with probability ``a`` (the node's
+``swap_success``) it succeeds, and the outer qubits now share the Klein-group convolution of the two
+states, with frame ``f1 ^ f2 ^ m`` for the outcome ``m`` (two uniformly random bits, returned). A failure
+destroys both pairs (the outer qubits become unentangled). Either way both slots are freed.
+
+Purification (BBPSSW, C. H. Bennett et al., PRL 76, 722, 1996; DEJMPS, D. Deutsch et al., PRL 77, 2818,
+1996)
+---------------------------------------------------------------------------------------------------
+Each end of two pairs that share the same two nodes runs :meth:`QuantumMedium.purify_local` on its two
+slots (keep, sacrifice). The first end's call samples the round from the states at that moment as they
+are once their frames are corrected (the nodes track Pauli frames through the round in software, so a
+correction still in flight stays pending on the kept pair), with ``bbpssw`` or ``dejmps`` of
+:mod:`qsdn.physics.entanglement`: on success both ends get the same uniformly random bit and the kept
+pair takes the output state; on failure the bits differ and the kept pair is left maximally mixed (the
+nodes discard it). The sacrificed pair is gone; the second end's call returns its bit.
+
+Randomness: one ``random.Random(seed)`` per medium, used in a fixed order, so a seed fixes a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from agent.drivers.clock import Clock, TimerHandle
+from qsdn.errors import ConfigError, DriverError
+from qsdn.physics.entanglement import BellState, bbpssw, dejmps, dephase, depolarise, swap
+
+__all__ = [
+    "Basis",
+    "BsmResult",
+    "Herald",
+    "HopSpec",
+    "MemorySpec",
+    "NodePort",
+    "PurificationProtocol",
+    "QuantumMedium",
+    "sample_geometric",
+]
+
+logger = logging.getLogger(__name__)
+
+_MIXED = BellState((0.25, 0.25, 0.25, 0.25))
+
+
+class Basis(StrEnum):
+    Z = "Z"
+    X = "X"
+
+
+class PurificationProtocol(StrEnum):
+    BBPSSW = "bbpssw"
+    DEJMPS = "dejmps"
+
+
+@dataclass(frozen=True, slots=True)
+class MemorySpec:
+    """A node's quantum memory and Bell-measurement device."""
+
+    coherence_s: float = math.inf
+    t2_s: float = math.inf
+    swap_success: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.coherence_s > 0 or not self.t2_s > 0:
+            raise ConfigError("memory coherence times must be positive")
+        if not 0.0 < self.swap_success <= 1.0:
+            raise ConfigError(f"swap success probability must be within (0, 1], got {self.swap_success}")
+
+
+@dataclass(frozen=True, slots=True)
+class HopSpec:
+    """One hop's heralding station: who is at each end, per-attempt success, attempt time, heralded state."""
+
+    hop: int
+    left: str
+    right: str
+    p: float
+    attempt_s: float
+    state: BellState
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.p <= 1.0:
+            raise ConfigError(f"hop {self.hop}: success probability per attempt must be within (0, 1]")
+        if self.attempt_s < 0:
+            raise ConfigError(f"hop {self.hop}: attempt time must not be negative")
+
+
+@dataclass(frozen=True, slots=True)
+class Herald:
+    """What the heralding station tells one end of its hop: slot ``slot`` now shares pair ``label``.
+
+    ``label`` is ``(hop, sequence number)``; ``frame`` is the Pauli the pair carries on |Phi+>.
+    """
+
+    hop: int
+    label: tuple[int, int]
+    slot: int
+    partner_node: str
+    partner_slot: int
+    frame: int
+
+
+@dataclass(frozen=True, slots=True)
+class BsmResult:
+    ok: bool
+    bits: int
+
+
+@dataclass(slots=True, eq=False)
+class _Qubit:
+    node: str
+    slot: int
+    touched_s: float
+    pair: _Pair | None = None
+    collapsed: tuple[Basis, int] | None = None
+
+
+@dataclass(slots=True, eq=False)
+class _Pair:
+    label: tuple[int, int]
+    a: _Qubit
+    b: _Qubit
+    state: BellState
+    frame: int = 0
+
+    def other(self, q: _Qubit) -> _Qubit:
+        return self.b if q is self.a else self.a
+
+
+@dataclass(slots=True)
+class _Station:
+    spec: HopSpec
+    requests: dict[str, int] = field(default_factory=dict)
+    timer: TimerHandle | None = None
+    seq: int = 0
+
+
+@dataclass(slots=True)
+class _Purification:
+    bits: dict[str, int]
+    done: set[str]
+
+
+def sample_geometric(rng: random.Random, p: float) -> int:
+    """Attempts until the first success (>= 1) with success probability ``p`` per attempt (inversion)."""
+    if p >= 1.0:
+        return 1
+    u = rng.random()
+    return 1 + int(math.log1p(-u) / math.log1p(-p))
+
+
+class QuantumMedium:
+    """Every pair's state, frame and storage times; heralding stations; measurement statistics."""
+
+    def __init__(self, clock: Clock, seed: int, memories: dict[str, MemorySpec], hops: list[HopSpec]) -> None:
+        self._clock = clock
+        self._rng = random.Random(seed)
+        self._mem = dict(memories)
+        self._qubits: dict[tuple[str, int], _Qubit] = {}
+        self._stations: dict[int, _Station] = {}
+        self._herald_cb: dict[str, Callable[[Herald], None]] = {}
+        self._purifications: dict[tuple[int, int], _Purification] = {}
+        for hop in hops:
+            for node in (hop.left, hop.right):
+                if node not in self._mem:
+                    raise ConfigError(f"hop {hop.hop}: node {node} has no memory specification")
+            if hop.hop in self._stations:
+                raise ConfigError(f"hop {hop.hop} defined twice")
+            self._stations[hop.hop] = _Station(hop)
+
+    # -- wiring -------------------------------------------------------------------------------------
+
+    def attach(self, node: str, on_herald: Callable[[Herald], None]) -> None:
+        """Register the node's herald handler (its heralding-station detector lines)."""
+        self._herald_cb[node] = on_herald
+
+    def hop(self, hop: int) -> HopSpec:
+        return self._station(hop).spec
+
+    def _station(self, hop: int) -> _Station:
+        try:
+            return self._stations[hop]
+        except KeyError:
+            raise DriverError(f"no heralding station for hop {hop}") from None
+
+    # -- generation ---------------------------------------------------------------------------------
+
+    def request_pair(self, hop: int, node: str, slot: int) -> None:
+        """Offer free slot ``slot`` of ``node`` to ``hop``; attempts start once both ends have offered one."""
+        st = self._station(hop)
+        if node not in (st.spec.left, st.spec.right):
+            raise DriverError(f"node {node} is not an end of hop {hop}")
+        if node in st.requests:
+            raise DriverError(f"node {node} already offered a slot to hop {hop}")
+        if (node, slot) in self._qubits:
+            raise DriverError(f"node {node}: slot {slot} is not free")
+        st.requests[node] = slot
+        if len(st.requests) == 2 and st.timer is None:
+            attempts = sample_geometric(self._rng, st.spec.p)
+            st.timer = self._clock.call_later(attempts * st.spec.attempt_s, lambda: self._herald(st))
+
+    def generating(self, hop: int, node: str) -> bool:
+        """Whether ``node`` has a slot offered to ``hop`` (attempting or waiting for the other end)."""
+        return node in self._station(hop).requests
+
+    def _herald(self, st: _Station) -> None:
+        st.timer = None
+        spec = st.spec
+        left_slot, right_slot = st.requests.pop(spec.left), st.requests.pop(spec.right)
+        now = self._clock.now()
+        qa = _Qubit(spec.left, left_slot, now)
+        qb = _Qubit(spec.right, right_slot, now)
+        frame = self._rng.choice((2, 3))  # |Psi+> or |Psi->, by the detector pattern
+        st.seq += 1
+        label = (spec.hop, st.seq)
+        pair = _Pair(label, qa, qb, spec.state, frame)
+        qa.pair = qb.pair = pair
+        self._qubits[(spec.left, left_slot)] = qa
+        self._qubits[(spec.right, right_slot)] = qb
+        self._herald_cb[spec.left](Herald(spec.hop, label, left_slot, spec.right, right_slot, frame))
+        self._herald_cb[spec.right](Herald(spec.hop, label, right_slot, spec.left, left_slot, frame))
+
+    # -- decoherence --------------------------------------------------------------------------------
+
+    def _touch(self, q: _Qubit) -> None:
+        now = self._clock.now()
+        dt = now - q.touched_s
+        q.touched_s = now
+        if dt <= 0:
+            return
+        mem = self._mem[q.node]
+        if q.pair is not None:
+            s = depolarise(q.pair.state, dt, mem.coherence_s, qubits=1)
+            q.pair.state = dephase(s, dt, mem.t2_s, qubits=1)
+        elif q.collapsed is not None:
+            basis, value = q.collapsed
+            flip = (1.0 - math.exp(-dt / mem.coherence_s)) / 2.0
+            if basis is Basis.X and not math.isinf(mem.t2_s):
+                z_flip = (1.0 - math.exp(-dt / mem.t2_s)) / 2.0
+                flip = flip * (1 - z_flip) + z_flip * (1 - flip)
+            if self._rng.random() < flip:
+                q.collapsed = (basis, value ^ 1)
+
+    def _get(self, node: str, slot: int) -> _Qubit:
+        try:
+            return self._qubits[(node, slot)]
+        except KeyError:
+            raise DriverError(f"node {node}: slot {slot} holds no qubit") from None
+
+    def _touch_pair(self, pair: _Pair) -> None:
+        self._touch(pair.a)
+        self._touch(pair.b)
+
+    # -- node operations ----------------------------------------------------------------------------
+
+    def apply_pauli(self, node: str, slot: int, pauli: int) -> None:
+        """A Pauli gate (index 0..3: I, Z, X, Y) on the qubit in ``slot``."""
+        q = self._get(node, slot)
+        self._touch(q)
+        if q.pair is not None:
+            q.pair.frame ^= pauli & 3
+        elif q.collapsed is not None:
+            basis, value = q.collapsed
+            flips = (pauli >> 1) & 1 if basis is Basis.Z else pauli & 1
+            q.collapsed = (basis, value ^ flips)
+
+    def bell_measure(self, node: str, slot1: int, slot2: int) -> BsmResult:
+        """Bell-state measurement on two slots of one node (frees both)."""
+        q1, q2 = self._get(node, slot1), self._get(node, slot2)
+        a = self._mem[node].swap_success
+        ok = a >= 1.0 or self._rng.random() < a
+        bits = self._rng.getrandbits(2)
+        p1, p2 = q1.pair, q2.pair
+        del self._qubits[(node, slot1)], self._qubits[(node, slot2)]
+        if p1 is None or p2 is None or p1 is p2:
+            # Measuring an unentangled qubit (or both halves of one pair) entangles nothing.
+            for p in (p1, p2):
+                if p is not None:
+                    self._orphan(p.other(q1 if p is p1 else q2), p)
+            return BsmResult(ok, bits)
+        self._touch_pair(p1)
+        self._touch_pair(p2)
+        x, y = p1.other(q1), p2.other(q2)
+        if not ok:
+            self._orphan(x, p1)
+            self._orphan(y, p2)
+            return BsmResult(False, bits)
+        pair = _Pair(p1.label, x, y, swap(p1.state, p2.state), p1.frame ^ p2.frame ^ bits)
+        x.pair = y.pair = pair
+        return BsmResult(True, bits)
+
+    def _orphan(self, q: _Qubit, pair: _Pair) -> None:
+        if q.pair is pair:
+            self._touch(q)
+            q.pair = None
+            q.collapsed = None
+
+    def measure(self, node: str, slot: int, basis: Basis) -> int:
+        """Measure the qubit in ``slot`` in ``basis`` (frees the slot); returns the outcome bit."""
+        q = self._get(node, slot)
+        self._touch(q)
+        del self._qubits[(node, slot)]
+        pair = q.pair
+        if pair is not None:
+            partner = pair.other(q)
+            self._touch(partner)
+            outcome = self._rng.getrandbits(1)
+            error = self._sample_error(pair.state) ^ pair.frame
+            flip = (error >> 1) & 1 if basis is Basis.Z else error & 1
+            partner.pair = None
+            partner.collapsed = (basis, outcome ^ flip)
+            return outcome
+        if q.collapsed is not None and q.collapsed[0] is basis:
+            return q.collapsed[1]
+        return self._rng.getrandbits(1)
+
+    def _sample_error(self, state: BellState) -> int:
+        u = self._rng.random()
+        acc = 0.0
+        for i, pi in enumerate(state.p):
+            acc += pi
+            if u < acc:
+                return i
+        return 3
+
+    def discard(self, node: str, slot: int) -> None:
+        """Reset the memory in ``slot``; its partner (if any) is left unentangled."""
+        q = self._qubits.pop((node, slot), None)
+        if q is not None and q.pair is not None:
+            self._orphan(q.pair.other(q), q.pair)
+
+    def purify_local(
+        self, node: str, keep_slot: int, sacrifice_slot: int, protocol: PurificationProtocol
+    ) -> int:
+        """This end's half of a purification round: returns its local outcome bit (frees the sacrifice)."""
+        keep, sac = self._get(node, keep_slot), self._get(node, sacrifice_slot)
+        if keep.pair is None:
+            raise DriverError(f"node {node}: slot {keep_slot} holds no pair to purify")
+        label = keep.pair.label
+        job = self._purifications.get(label)
+        if job is None:
+            pk, ps = keep.pair, sac.pair
+            other = pk.other(keep)
+            if ps is None or ps is pk or ps.other(sac).node != other.node:
+                raise DriverError(
+                    f"node {node}: slots {keep_slot}, {sacrifice_slot} do not share a partner node"
+                )
+            self._touch_pair(pk)
+            self._touch_pair(ps)
+            fn = bbpssw if protocol is PurificationProtocol.BBPSSW else dejmps
+            p_ok, out = fn(pk.state, ps.state)
+            ok = self._rng.random() < p_ok
+            bit = self._rng.getrandbits(1)
+            pk.state = out if ok else _MIXED
+            ps_other = ps.other(sac)
+            ps_other.pair = None  # measured by the far end's half of the round
+            job = _Purification({node: bit, other.node: bit ^ (0 if ok else 1)}, set())
+            self._purifications[label] = job
+        del self._qubits[(node, sacrifice_slot)]
+        job.done.add(node)
+        bit = job.bits[node]
+        if len(job.done) == 2:
+            del self._purifications[label]
+        return bit
+
+    # -- oracle (statistics only; no node calls these) ----------------------------------------------
+
+    def pair_state(self, node: str, slot: int) -> BellState | None:
+        """Ground truth: the state of the pair in ``slot`` decohered to now, once its frame is corrected."""
+        q = self._qubits.get((node, slot))
+        if q is None or q.pair is None:
+            return None
+        self._touch_pair(q.pair)
+        return q.pair.state
+
+    def port(self, node: str) -> NodePort:
+        """The operations of one node's hardware (what its controller is given)."""
+        if node not in self._mem:
+            raise ConfigError(f"node {node} has no memory specification")
+        return NodePort(self, node)
+
+    def live_qubits(self) -> int:
+        return len(self._qubits)
+
+
+def _shifted(state: BellState, frame: int) -> BellState:
+    """The actual error distribution of a state carrying Pauli frame ``frame``."""
+    if frame == 0:
+        return state
+    p = state.p
+    return BellState((p[0 ^ frame], p[1 ^ frame], p[2 ^ frame], p[3 ^ frame]))
+
+
+class NodePort:
+    """One node's view of the hardware: operations on its own memory slots only."""
+
+    __slots__ = ("_medium", "node")
+
+    def __init__(self, medium: QuantumMedium, node: str) -> None:
+        self._medium = medium
+        self.node = node
+
+    def request_pair(self, hop: int, slot: int) -> None:
+        self._medium.request_pair(hop, self.node, slot)
+
+    def generating(self, hop: int) -> bool:
+        return self._medium.generating(hop, self.node)
+
+    def apply_pauli(self, slot: int, pauli: int) -> None:
+        self._medium.apply_pauli(self.node, slot, pauli)
+
+    def bell_measure(self, slot1: int, slot2: int) -> BsmResult:
+        return self._medium.bell_measure(self.node, slot1, slot2)
+
+    def measure(self, slot: int, basis: Basis) -> int:
+        return self._medium.measure(self.node, slot, basis)
+
+    def discard(self, slot: int) -> None:
+        self._medium.discard(self.node, slot)
+
+    def purify_local(self, keep_slot: int, sacrifice_slot: int, protocol: PurificationProtocol) -> int:
+        return self._medium.purify_local(self.node, keep_slot, sacrifice_slot, protocol)

@@ -1,0 +1,333 @@
+"""The emulated entanglement hardware: clock, medium, node engines, BBM92, chain runner vs closed forms."""
+
+from __future__ import annotations
+
+import gc
+import logging
+import math
+import random
+import types
+from pathlib import Path
+
+import pytest
+
+from agent.drivers.bbm92 import Bbm92Config, Bbm92Endpoint, binary_reconcile, toeplitz_extract
+from agent.drivers.clock import VirtualClock
+from agent.drivers.emulated_entanglement import (
+    DeliveredPair,
+    Discarded,
+    EndNode,
+    RoundSync,
+    SwapOrder,
+    SwapOutcome,
+    VirtualChannel,
+    swap_targets,
+)
+from agent.drivers.entanglement_chain import ChainScenario, EntanglementChain, HopParams, predict, run
+from agent.drivers.quantum_medium import Basis, Herald, HopSpec, MemorySpec, QuantumMedium
+from agent.keystore import KeyStore
+from qsdn.physics.entanglement import werner
+
+# -- clock ---------------------------------------------------------------------------------------------
+
+
+def test_virtual_clock_orders_simultaneous_events_by_scheduling_order() -> None:
+    clock = VirtualClock()
+    seen: list[tuple[float, str]] = []
+    clock.call_at(2.0, lambda: seen.append((clock.now(), "late")))
+    for name in ("a", "b", "c"):
+        clock.call_at(1.0, lambda name=name: seen.append((clock.now(), name)))
+    cancelled = clock.call_later(1.0, lambda: seen.append((clock.now(), "cancelled")))
+    cancelled.cancel()
+    clock.call_later(0.5, lambda: clock.call_later(0.5, lambda: seen.append((clock.now(), "nested"))))
+    clock.run_until(1.5)
+    assert seen == [(1.0, "a"), (1.0, "b"), (1.0, "c"), (1.0, "nested")]
+    assert clock.now() == 1.5
+    clock.run()
+    assert seen[-1] == (2.0, "late")
+    assert cancelled.cancelled()
+
+
+# -- medium --------------------------------------------------------------------------------------------
+
+
+def _medium(
+    f: float = 1.0, coherence_s: float = math.inf, seed: int = 3
+) -> tuple[VirtualClock, QuantumMedium, list[Herald]]:
+    clock = VirtualClock()
+    medium = QuantumMedium(
+        clock,
+        seed,
+        {"a": MemorySpec(coherence_s), "b": MemorySpec(coherence_s)},
+        [HopSpec(0, "a", "b", 0.5, 1e-4, werner(f))],
+    )
+    heralds: list[Herald] = []
+    medium.attach("a", heralds.append)
+    medium.attach("b", heralds.append)
+    return clock, medium, heralds
+
+
+def _pair(clock: VirtualClock, medium: QuantumMedium, heralds: list[Herald], correct: bool = True) -> int:
+    heralds.clear()
+    medium.request_pair(0, "a", 0)
+    medium.request_pair(0, "b", 0)
+    clock.run()
+    assert len(heralds) == 2 and heralds[0].label == heralds[1].label
+    if correct:
+        medium.apply_pauli("b", 0, heralds[1].frame)
+    return heralds[1].frame
+
+
+def test_medium_correlates_equal_bases_and_not_different_ones() -> None:
+    clock, medium, heralds = _medium()
+    agree = {(Basis.Z, Basis.Z): [], (Basis.X, Basis.X): [], (Basis.Z, Basis.X): []}
+    for i in range(3000):
+        _pair(clock, medium, heralds)
+        ba, bb = list(agree)[i % 3]
+        x = medium.measure("a", 0, ba)
+        y = medium.measure("b", 0, bb)
+        agree[(ba, bb)].append(x == y)
+    assert all(agree[(Basis.Z, Basis.Z)]) and all(agree[(Basis.X, Basis.X)])
+    cross = sum(agree[(Basis.Z, Basis.X)]) / len(agree[(Basis.Z, Basis.X)])
+    assert cross == pytest.approx(0.5, abs=4 * math.sqrt(0.25 / 1000))
+    assert medium.live_qubits() == 0
+
+
+def test_medium_herald_frame_needs_the_pauli_correction() -> None:
+    clock, medium, heralds = _medium()
+    for _ in range(200):
+        frame = _pair(clock, medium, heralds, correct=False)
+        assert frame in (2, 3)  # |Psi+> or |Psi->: Z outcomes anti-correlated until corrected
+        assert medium.measure("a", 0, Basis.Z) != medium.measure("b", 0, Basis.Z)
+    for _ in range(200):
+        frame = _pair(clock, medium, heralds, correct=False)
+        # Correct after the partner was measured: the collapsed qubit follows the gate.
+        x = medium.measure("a", 0, Basis.X)
+        medium.apply_pauli("b", 0, frame)
+        assert medium.measure("b", 0, Basis.X) == x
+
+
+def test_medium_error_rates_follow_the_werner_state_and_memory_decay() -> None:
+    f, n = 0.9, 8000
+    clock, medium, heralds = _medium(f)
+    errors = 0
+    for _ in range(n):
+        _pair(clock, medium, heralds)
+        errors += medium.measure("a", 0, Basis.Z) != medium.measure("b", 0, Basis.Z)
+    q = 2 * (1 - f) / 3
+    assert errors / n == pytest.approx(q, abs=4 * math.sqrt(q * (1 - q) / n))
+    # Depolarising memory: a pair kept for t has F = 1/4 + (F0 - 1/4) exp(-2t/T).
+    clock, medium, heralds = _medium(1.0, coherence_s=1.0)
+    _pair(clock, medium, heralds)
+    clock.run_until(clock.now() + 0.3)
+    state = medium.pair_state("a", 0)
+    assert state is not None and state.fidelity == pytest.approx(0.25 + 0.75 * math.exp(-0.6))
+
+
+# -- chains against the closed forms ---------------------------------------------------------------
+
+
+def _agree(measured: float, se: float, predicted: float | None, k: float = 4.0) -> None:
+    assert predicted is not None
+    assert measured == pytest.approx(predicted, abs=k * se + 1e-9)
+
+
+def test_three_node_chain_rate_and_fidelity_follow_the_closed_forms() -> None:
+    sc = ChainScenario(hops=(HopParams(20.0),) * 2, f0=0.97, seed=5)
+    result, pred = run(sc, 3.0), predict(sc)
+    assert result.pairs_delivered > 3000
+    _agree(result.rate_per_s, result.rate_se, pred.rate_per_s)
+    _agree(result.mean_fidelity, result.fidelity_se, pred.fidelity)
+    assert pred.fidelity == pytest.approx(0.97**2 + 0.03**2 / 3)
+
+
+def test_three_node_chain_with_memory_decay_follows_wait_all_decay() -> None:
+    sc = ChainScenario(hops=(HopParams(20.0),) * 2, f0=0.97, coherence_s=0.01, seed=6)
+    result, pred = run(sc, 3.0), predict(sc)
+    _agree(result.mean_fidelity, result.fidelity_se, pred.fidelity)
+    assert result.fidelity_se > 0
+    assert pred.fidelity is not None and pred.fidelity < 0.9412 - 0.05  # decay matters here
+
+
+def test_two_segments_with_swap_failures_follow_shchukin() -> None:
+    sc = ChainScenario(hops=(HopParams(20.0),) * 2, f0=0.97, swap_success=0.5, seed=7)
+    result, pred = run(sc, 5.0), predict(sc)
+    _agree(result.rate_per_s, result.rate_se, pred.rate_per_s)
+    assert result.swap_failures > 0 and result.lost_pairs == result.swap_failures
+
+
+def test_five_node_chain_follows_max_of_geometrics_and_swap_chain() -> None:
+    sc = ChainScenario(hops=(HopParams(10.0),) * 4, f0=0.98, seed=8)
+    result, pred = run(sc, 1.2), predict(sc)
+    assert result.pairs_delivered > 3000
+    _agree(result.rate_per_s, result.rate_se, pred.rate_per_s)
+    _agree(result.mean_fidelity, result.fidelity_se, pred.fidelity)
+
+
+@pytest.mark.parametrize(("protocol", "rounds"), [("dejmps", 2), ("bbpssw", 1)])
+def test_purification_raises_fidelity_and_costs_pairs_as_the_recursion_says(
+    protocol: str, rounds: int
+) -> None:
+    base = ChainScenario(hops=(HopParams(20.0),) * 2, f0=0.9, seed=9)
+    sc = ChainScenario(hops=base.hops, f0=0.9, purification=protocol, purification_rounds=rounds, seed=9)
+    result, pred, raw = run(sc, 6.0), predict(sc), predict(base)
+    assert pred.fidelity is not None and raw.fidelity is not None and pred.fidelity > raw.fidelity
+    _agree(result.mean_fidelity, result.fidelity_se, pred.fidelity)
+    _agree(result.rate_per_s, result.rate_se, pred.rate_per_s)
+    assert result.purification_failures > 0
+
+
+def test_swap_orders_deliver_the_same_state_without_decay() -> None:
+    for order in ("sequential", "nested"):
+        sc = ChainScenario(
+            hops=(HopParams(10.0),) * 4, f0=0.98, swap_order=order, generation="continuous", seed=2
+        )
+        result = run(sc, 0.2)
+        assert result.pairs_delivered > 100
+        _agree(
+            result.mean_fidelity, result.fidelity_se, predict(ChainScenario(hops=sc.hops, f0=0.98)).fidelity
+        )
+    assert swap_targets(SwapOrder.NESTED, 2, 4) == (0, 3)
+    assert swap_targets(SwapOrder.NESTED, 1, 4) == (0, 1)
+    assert swap_targets(SwapOrder.SEQUENTIAL, 3, 4) == (0, 3)
+
+
+def test_cutoff_discards_old_pairs_and_keeps_fidelity_up() -> None:
+    common = {
+        "hops": (HopParams(20.0),) * 2,
+        "f0": 0.97,
+        "coherence_s": 0.002,
+        "generation": "continuous",
+        "seed": 4,
+    }
+    without = run(ChainScenario(**common), 1.0)
+    with_cutoff = run(ChainScenario(**common, cutoff_s=0.0003), 1.0)
+    assert with_cutoff.cutoff_discards > 0 and without.cutoff_discards == 0
+    assert with_cutoff.mean_fidelity > without.mean_fidelity + 4 * (
+        with_cutoff.fidelity_se + without.fidelity_se
+    )
+
+
+def test_same_seed_same_run_different_seed_different_run() -> None:
+    sc = ChainScenario(hops=(HopParams(20.0),) * 2, f0=0.95, coherence_s=0.02, swap_success=0.8, seed=11)
+    assert run(sc, 0.5) == run(sc, 0.5)
+    other = run(ChainScenario(**{**{f: getattr(sc, f) for f in sc.__dataclass_fields__}, "seed": 12}), 0.5)
+    assert other != run(sc, 0.5)
+
+
+# -- BBM92 ---------------------------------------------------------------------------------------------
+
+
+def test_bbm92_key_fraction_follows_one_minus_two_h_q_for_werner_pairs() -> None:
+    sc = ChainScenario(
+        hops=(HopParams(2.0),), f0=0.95, application="bbm92", bbm92=Bbm92Config(block_size=2000), seed=13
+    )
+    chain = EntanglementChain(sc)
+    result, pred = chain.run(1.0), predict(sc)
+    assert pred.qber is not None and pred.secret_fraction is not None
+    assert pred.qber == pytest.approx(2 * 0.05 / 3)
+    assert result.key_blocks >= 8
+    n_sample = result.key_blocks * 400
+    assert result.qber == pytest.approx(pred.qber, abs=4 * math.sqrt(pred.qber / n_sample))
+    fr = result.key_fractions
+    mean = sum(fr) / len(fr)
+    se = math.sqrt(sum((x - mean) ** 2 for x in fr) / (len(fr) - 1) / len(fr))
+    assert mean == pytest.approx(pred.secret_fraction, abs=4 * se + 0.01)
+    assert chain.endpoints is not None
+    assert chain.endpoints[0].stats.key_bits == chain.endpoints[1].stats.key_bits == result.key_bits
+
+
+def test_bbm92_keys_are_identical_at_both_ends_and_land_in_the_key_stores(tmp_path: Path) -> None:
+    stores = (KeyStore(tmp_path / "a.db"), KeyStore(tmp_path / "b.db"))
+    try:
+        sc = ChainScenario(
+            hops=(HopParams(20.0),) * 2,
+            f0=0.98,
+            application="bbm92",
+            bbm92=Bbm92Config(block_size=256),
+            link_id="L1",
+            seed=14,
+        )
+        result = EntanglementChain(sc, sinks=stores).run(1.5)
+        assert result.key_blocks >= 2 and result.key_bits > 0
+        blocks_a, blocks_b = stores[0].blocks("L1"), stores[1].blocks("L1")
+        assert [b.block_id for b in blocks_a] == [b.block_id for b in blocks_b] and blocks_a
+        for block in blocks_a:
+            assert stores[0].get_block("L1", block.block_id) == stores[1].get_block("L1", block.block_id)
+        assert stores[0].stored_bits("L1") == result.key_bits
+    finally:
+        for s in stores:
+            s.close()
+
+
+def test_binary_reconciliation_and_toeplitz_extractor() -> None:
+    rng = random.Random(1)
+    a = [rng.getrandbits(1) for _ in range(2000)]
+    b = [x ^ (rng.random() < 0.03) for x in a]
+    gen = binary_reconcile(b, 0.03, b"seed")
+    query = next(gen)
+    while True:
+        try:
+            query = gen.send(tuple(sum(a[i] for i in s) % 2 for s in query))
+        except StopIteration as done:
+            corrected, leak = done.value
+            break
+    assert corrected == a and leak > 0
+    key = toeplitz_extract(a, 800, b"s")
+    assert len(key) == 100 and key == toeplitz_extract(a, 800, b"s") != toeplitz_extract(a, 800, b"t")
+
+
+# -- a repeater never holds end-to-end key material -------------------------------------------------
+
+
+def _reachable(root: object, boundary: tuple[type, ...]) -> list[object]:
+    seen: dict[int, object] = {}
+    stack = [root]
+    while stack:
+        obj = stack.pop()
+        if id(obj) in seen or isinstance(obj, (*boundary, types.ModuleType, type)):
+            continue
+        seen[id(obj)] = obj
+        stack.extend(gc.get_referents(obj))
+    return list(seen.values())
+
+
+def test_a_repeater_never_holds_end_to_end_key_material(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)
+    # Nested swapping, so that the middle repeater also receives other repeaters' BSM outcomes.
+    sc = ChainScenario(
+        hops=(HopParams(10.0),) * 4,
+        f0=0.99,
+        swap_order="nested",
+        generation="continuous",
+        application="bbm92",
+        bbm92=Bbm92Config(block_size=256),
+        seed=15,
+    )
+    chain = EntanglementChain(sc)
+    repeater = chain.repeaters[1]
+    delivered: list[object] = []
+    handler = repeater.on_message
+    chain.channel.attach(repeater.name, lambda src, msg: (delivered.append(msg), handler(src, msg)))
+    chain.run(0.3)
+    assert chain.endpoints is not None
+    a = chain.endpoints[0]
+    assert a.stats.key_bits > 0
+    # Messages reaching the repeater: heralds come from its own hardware; the rest are BSM outcomes.
+    assert delivered and all(isinstance(m, SwapOutcome | Discarded) for m in delivered)
+    # Everything the repeater's engine can reach, stopping at the shared world (clock, medium, channel,
+    # slot controller), which is not the node's software.
+    boundary = (VirtualClock, QuantumMedium, VirtualChannel, RoundSync)
+    objects = _reachable(repeater, boundary)
+    assert len(objects) > 20  # the walk did reach the engine's state (records, slots, timers)
+    forbidden = (EndNode, Bbm92Endpoint, DeliveredPair)
+    assert not [o for o in objects if isinstance(o, forbidden)]
+    key_bytes = [k for sink in chain.sinks for link in sink.blocks.values() for k in link.values()]  # type: ignore[attr-defined]
+    assert key_bytes
+    blobs = [o for o in objects if isinstance(o, bytes | bytearray) and len(o) >= 8]
+    assert not [blob for blob in blobs for k in key_bytes if blob in k or k in blob]
+    assert not [o for o in objects if isinstance(o, Basis)]  # no measurement basis, hence no sifted bit
+    # Logs: no key bytes anywhere, and no record about BBM92 names the repeater.
+    text = "\n".join(r.getMessage() for r in caplog.records)
+    assert not [k for k in key_bytes if k.hex() in text]
+    assert not [r for r in caplog.records if r.name.endswith("bbm92") and repeater.name in r.getMessage()]
