@@ -18,6 +18,12 @@ For a session between SAE A at node X and SAE B at node Y over the path X = n0, 
 Every identifier is derived from the session id (UUID v5), so planning the same session twice gives
 the same configuration: retries are idempotent, and the removal plan deletes exactly what the
 session added.
+
+A hop may also be a *key link* instead of a fibre span (``key_links``): the VIRT key association link
+between the two ends of a quantum-repeater segment, whose key store BBM92 fills
+(``controller/entanglement_provision.py``). Such a link belongs to the session: it is created at both
+ends of the hop (no ``virt_prev_hop``/``virt_next_hop``: no trusted relay inside it), carries the
+hop's INTERNAL or CLIENT application like a PHYS link would, and is removed with the session.
 """
 
 from __future__ import annotations
@@ -59,6 +65,8 @@ class HopPlan:
     rx_qkdi_id: int
     channel_att_db: float | None = None
     wavelength: int | None = None
+    #: a repeater segment's key link (VIRT, owned by the session), not a fibre span's PHYS link
+    virtual: bool = False
 
 
 @dataclass(frozen=True)
@@ -118,6 +126,7 @@ def plan_session(
     channel_att_db: Mapping[str, float] | None = None,
     existing: frozenset[str] = frozenset(),
     generation: int = 0,
+    key_links: Mapping[str, str] | None = None,
 ) -> SessionPlan:
     """The 015 configuration for ``spec`` over ``path`` (node ids) through ``spans`` (one per hop).
 
@@ -126,14 +135,20 @@ def plan_session(
     are touched); new PHYS links start with ``qkdl_status`` OFF, and the controller sets ACTIVE once
     both ends produce key. ``generation`` counts re-routes: each path of a session has its own VIRT
     link and application ids, so one transaction can remove the old path and create the new one.
+    ``key_links[hop]`` names the key link of a hop in ``spans`` that is a repeater segment, not a span
+    (no interfaces needed; see the module docstring).
     """
     if len(path) < 2 or len(spans) != len(path) - 1:
         raise QsdnError(f"session {spec.session_id}: a path needs n nodes and n-1 spans", tag="invalid-value")
     if len(set(path)) != len(path):
         raise QsdnError(f"session {spec.session_id}: the path visits a node twice", tag="invalid-value")
     hops: list[HopPlan] = []
+    key_links = key_links or {}
     for i, span_id in enumerate(spans):
         a, b = path[i], path[i + 1]
+        if span_id in key_links:
+            hops.append(HopPlan(span_id, key_links[span_id], a, b, 0, 0, virtual=True))
+            continue
         try:
             tx_if, rx_if = interfaces[(a, span_id)], interfaces[(b, span_id)]
         except KeyError as exc:
@@ -207,6 +222,23 @@ def plan_session(
         # PHYS links of the adjacent hops (merged: they may already exist for other sessions)
         for h in adjacent:
             tx = h.transmitter == node
+            if h.virtual:
+                # a repeater segment's key link: the session's own, removed with it
+                link = _el(links, "qkd_link")
+                _el(link, "qkdl_id", h.qkdl_id)
+                _el(link, "qkdl_enable", "true")
+                _el(_el(link, "qkdl_local"), "qkdn_id", node)
+                _el(_el(link, "qkdl_remote"), "qkdn_id", h.receiver if tx else h.transmitter)
+                _el(link, "qkdl_type", f"{_T}:VIRT")
+                if h.qkdl_id in internal:
+                    _el(link, "qkdl_applications", internal[h.qkdl_id])
+                elif direct and node in (src, dst):
+                    _el(link, "qkdl_applications", client_app)
+                node_links.append(h.qkdl_id)
+                rm_link = _el(rm_links, "qkd_link")
+                rm_link.set(f"{{{NC_NS}}}operation", "remove")
+                _el(rm_link, "qkdl_id", h.qkdl_id)
+                continue
             link = _el(links, "qkd_link")
             _el(link, "qkdl_id", h.qkdl_id)
             if h.qkdl_id in existing:
@@ -261,7 +293,7 @@ def plan_session(
             rm_link = _el(rm_links, "qkd_link")
             rm_link.set(f"{{{NC_NS}}}operation", "remove")
             _el(rm_link, "qkdl_id", virt_id)
-        elif node in (src, dst):
+        elif node in (src, dst) and not hops[0].virtual:
             # direct session: the PHYS link lists the client application
             for link in links.iterfind(f"{{{NODE_NS}}}qkd_link"):
                 if link.find(f"{{{NODE_NS}}}qkdl_type") is not None:
@@ -286,7 +318,7 @@ def plan_session(
     return SessionPlan(
         session_id=sid,
         generation=generation,
-        new_links=frozenset(h.qkdl_id for h in hops if h.qkdl_id not in existing),
+        new_links=frozenset(h.qkdl_id for h in hops if h.qkdl_id not in existing and not h.virtual),
         path=tuple(path),
         hops=tuple(hops),
         virt_qkdl_id=virt_id,
