@@ -7,7 +7,8 @@
   torn down. If a change fails, the changes of the same request that were already made are undone,
   so a request is applied whole or not at all;
 - ``state_xml`` adds what the controller knows (node reachability, span class and predicted rate,
-  reservations, session status, path, errors);
+  reservations, session status, path, errors; for entanglement and mixed key sessions, the ``plan``
+  provisioned, with its segments and ``key_visible_to``);
 - ``invoke`` serves ``compute-path`` (a dry run), ``compute-entanglement-path`` (a dry run of
   :mod:`controller.entanglement`: entanglement, or key over trusted relays and repeater segments),
   ``create-session``, ``delete-session`` and ``get-node-data`` (a node's ETSI 015 data read through
@@ -23,6 +24,7 @@ from typing import Any
 from lxml import etree
 
 from controller.entanglement import EntanglementPlan, EntanglementRequest, Segment
+from controller.entanglement_provision import plan_from_json
 from controller.model import Span
 from controller.northbound.backend import northbound_schema
 from controller.pathcomp import Path, PathRequest, classify_span
@@ -109,8 +111,10 @@ class ControllerBackend:
             _sub(e, "session_id", x.session_id)
             _sub(e, "src_node", x.src_node)
             _sub(e, "dst_node", x.dst_node)
-            _sub(e, "src_sae", x.src_sae)
-            _sub(e, "dst_sae", x.dst_sae)
+            if x.src_sae:
+                _sub(e, "src_sae", x.src_sae)
+            if x.dst_sae:
+                _sub(e, "dst_sae", x.dst_sae)
             _sub(e, "requested_rate_bps", x.rate_bps)
             if x.max_hops is not None:
                 _sub(e, "max_hops", x.max_hops)
@@ -119,6 +123,7 @@ class ControllerBackend:
                 _sub(e, "avoid", a)
             for t in x.trusted_relays or ():
                 _sub(e, "trusted_relays", t)
+            _planner_leaves(e, x)
         return root
 
     def config_xml(self) -> str:
@@ -289,10 +294,14 @@ class ControllerBackend:
                 _sub(e, "path", n)
             for n in x.backup_path:
                 _sub(e, "backup_path", n)
-            for n in x.path[1:-1]:
+            plan = plan_from_json(x.plan) if x.planned and x.plan is not None else None
+            relays = plan.trusted_relays if plan is not None else x.path[1:-1]
+            for n in relays:
                 _sub(e, "relays", n)
-            if len(x.path) > 2:
+            if relays:
                 _sub(e, "virt_qkdl_id", derived_id("virt", x.session_id, str(x.generation)))
+            if plan is not None and x.status not in ("failed", "requested"):
+                _plan_body(_sub(e, "plan"), plan)
             if x.last_error:
                 _sub(e, "last_error", x.last_error)
                 info = _sub(e, "last_error_info")
@@ -470,6 +479,22 @@ def _segment_body(e: etree._Element, index: int, seg: Segment) -> None:
         _sub(le, "initial_fidelity", _dec(link.fidelity, 6))
 
 
+def _planner_leaves(e: etree._Element, x: SessionRecord) -> None:
+    """The entanglement planner's request leaves of a session (only those that were given)."""
+    if x.planned:
+        _sub(e, "service", x.service)
+    if x.repeaters:
+        _sub(e, "repeaters", True)
+    if x.target_fidelity is not None:
+        _sub(e, "target_fidelity", _dec(x.target_fidelity, 6))
+    if x.min_pair_rate_hz:
+        _sub(e, "min_pair_rate_hz", _dec(x.min_pair_rate_hz, 6))
+    if x.max_trusted_nodes is not None:
+        _sub(e, "max_trusted_nodes", x.max_trusted_nodes)
+    if x.max_rounds != 3:
+        _sub(e, "max_purification_rounds", x.max_rounds)
+
+
 def _session_from(e: etree._Element, sid: str) -> SessionRecord:
     trusted = _all(e, "trusted_relays")
     return SessionRecord(
@@ -483,6 +508,12 @@ def _session_from(e: etree._Element, sid: str) -> SessionRecord:
         disjoint_backup=(_t(e, "disjoint_backup") or "false") == "true",
         avoid=_all(e, "avoid"),
         trusted_relays=trusted or None,
+        service=_t(e, "service") or "key",
+        repeaters=(_t(e, "repeaters") or "false") == "true",
+        target_fidelity=float(v) if (v := _t(e, "target_fidelity")) else None,
+        min_pair_rate_hz=float(_t(e, "min_pair_rate_hz") or 0),
+        max_trusted_nodes=int(v) if (v := _t(e, "max_trusted_nodes")) else None,
+        max_rounds=int(_t(e, "max_purification_rounds") or 3),
     )
 
 
@@ -497,6 +528,12 @@ def _intent(s: SessionRecord) -> tuple[Any, ...]:
         s.disjoint_backup,
         s.avoid,
         s.trusted_relays,
+        s.service,
+        s.repeaters,
+        s.target_fidelity,
+        s.min_pair_rate_hz,
+        s.max_trusted_nodes,
+        s.max_rounds,
     )
 
 

@@ -36,6 +36,13 @@ from controller.entanglement import (
     MemoryReservation,
     compute_entanglement_plan,
 )
+from controller.entanglement_provision import (
+    ENT_NS,
+    EntanglementSpec,
+    plan_entanglement_session,
+    plan_from_json,
+    plan_to_json,
+)
 from controller.model import MemoryParams, Node, NodeRole, Reservation, Span, StationParams, Topology
 from controller.pathcomp import PathComputation, PathRequest, classify_span, compute_paths
 from controller.provision import SessionPlan, SessionSpec, combine, phys_link_id, plan_session
@@ -59,6 +66,8 @@ class NodeState:
     last_seen: float | None = None
     interfaces: tuple[int, ...] = ()
     phys_links: frozenset[str] = frozenset()
+    #: whether the node's configuration carries ``qsdn-entanglement`` memories (its hardware description)
+    memories: bool = False
     pump: asyncio.Task[None] | None = None
     last_error: str | None = None
 
@@ -180,6 +189,8 @@ class Controller:
         st.phys_links = frozenset(
             _texts(data, "n:qkd_node/n:qkd_links/n:qkd_link[contains(n:qkdl_type, 'PHYS')]/n:qkdl_id/text()")
         )
+        memories = f"{{{NODE_NS}}}qkd_node/{{{ENT_NS}}}entanglement/{{{ENT_NS}}}memories"
+        st.memories = data.find(memories) is not None
 
     async def _pump(self, st: NodeState, client: NodeClient) -> None:
         try:
@@ -304,10 +315,14 @@ class Controller:
             out.extend(Reservation(s.session_id, span, float(s.rate_bps)) for span in s.spans)
         return out
 
-    def memory_reservations(self) -> list[MemoryReservation]:
-        """Memories held by entanglement sessions. None yet: the controller computes entanglement plans
-        (a dry run) but does not provision entanglement sessions."""
-        return []
+    def memory_reservations(self, *, excluding: str | None = None) -> list[MemoryReservation]:
+        """Memories held by the entanglement and mixed key sessions that are (being) provisioned."""
+        return [
+            MemoryReservation(s.session_id, n, m)
+            for s in self.store.sessions()
+            if s.session_id != excluding and s.status in ("active", "rerouting", "provisioning", "deleting")
+            for n, m in sorted(s.memories.items())
+        ]
 
     def compute_entanglement(self, req: EntanglementRequest) -> EntanglementPlan:
         """The best entanglement or mixed key plan for ``req`` (a dry run; unreachable nodes avoided)."""
@@ -371,6 +386,92 @@ class Controller:
             generation=generation,
         )
 
+    def _entanglement_request(self, s: SessionRecord) -> EntanglementRequest:
+        key = s.service != "entanglement"
+        return EntanglementRequest(
+            src=s.src_node,
+            dst=s.dst_node,
+            service="key" if key else "entanglement",
+            target_fidelity=s.target_fidelity,
+            min_pair_rate_hz=s.min_pair_rate_hz,
+            min_key_rate_bps=float(s.rate_bps) if key else 0.0,
+            max_trusted_nodes=s.max_trusted_nodes,
+            max_rounds=s.max_rounds,
+            avoid=frozenset(s.avoid),
+        )
+
+    def _entanglement_plan(self, s: SessionRecord, *, full: bool = False) -> SessionPlan:
+        """The per-node plan of an entanglement or mixed key session, from the plan it was given."""
+        if s.plan is None:
+            raise QsdnError(f"session {s.session_id} has no entanglement plan", tag="operation-failed")
+        plan = plan_from_json(s.plan)
+        recs = self.span_records()
+        interfaces: dict[tuple[str, str], int] = {}
+        for span_id in s.spans:
+            r = recs[span_id]
+            interfaces[(r.a, span_id)] = r.a_qkdi_id
+            interfaces[(r.b, span_id)] = r.b_qkdi_id
+        both = frozenset(
+            phys_link_id(sp)
+            for sp in s.spans
+            if phys_link_id(sp) in self.nodes[recs[sp].a].phys_links
+            and phys_link_id(sp) in self.nodes[recs[sp].b].phys_links
+        )
+        return plan_entanglement_session(
+            EntanglementSpec(
+                s.session_id,
+                "entanglement" if s.service == "entanglement" else "key",
+                s.src_sae,
+                s.dst_sae,
+                s.rate_bps,
+                s.target_fidelity,
+                s.min_pair_rate_hz,
+            ),
+            plan,
+            self.topology(exclude_down=False),
+            interfaces,
+            existing=frozenset() if full else both,
+            nodes_with_memories=frozenset(n for n, st in self.nodes.items() if st.memories),
+            generation=s.generation,
+        )
+
+    def session_plan(self, s: SessionRecord, *, full: bool = False) -> SessionPlan:
+        """The per-node plan of any provisioned session (``full``: PHYS links in full even where they
+        exist)."""
+        if s.planned:
+            return self._entanglement_plan(s, full=full)
+        return self._plan(s, s.path, s.spans, s.generation, full=full)
+
+    async def _create_planned(self, s: SessionRecord) -> SessionRecord:
+        """An entanglement or mixed key session: plan (memories and key rates after the other sessions'
+        reservations), provision every node in one transaction, keep the plan and the reservation."""
+        plan = self.compute_entanglement(self._entanglement_request(s))
+        s.plan = plan_to_json(plan)
+        s.path = plan.nodes
+        s.spans = tuple(seg.spans[0] for seg in plan.segments if seg.technology == "qkd")
+        s.plan_spans = tuple(sp for seg in plan.segments for sp in seg.spans)
+        s.memories = dict(plan.memories)
+        s.backup_path = ()
+        s.status = "provisioning"
+        s.last_error = s.last_error_node = None
+        self.store.put_session(s)
+        sp = self._entanglement_plan(s)
+        try:
+            await self._apply(sp.edits)
+            await self._activate(sp)
+        except QsdnError as exc:
+            s.status = "failed"
+            s.last_error = exc.first.message
+            s.last_error_node = getattr(exc, "node", None) or exc.first.info.get("node")
+            s.spans = s.plan_spans = ()
+            s.memories = {}
+            self.store.put_session(s)
+            raise
+        s.status = "active"
+        self.store.put_session(s)
+        log.info("%s session %s active over %s", s.service, s.session_id, " - ".join(self._names(s.path)))
+        return s
+
     async def create_session(self, s: SessionRecord) -> SessionRecord:
         async with self._lock:
             if not s.session_id:
@@ -381,6 +482,8 @@ class Controller:
             for n in (s.src_node, s.dst_node):
                 if n not in self.nodes:
                     raise QsdnError(f"session {s.session_id}: unknown node {n}", tag="invalid-value")
+            if s.planned:
+                return await self._create_planned(s)
             comp = self.compute(self._request(s))
             best = comp.best
             s.path, s.spans = tuple(best.nodes), tuple(best.spans)
@@ -408,8 +511,13 @@ class Controller:
             s = self.store.session(session_id)
             if s is None:
                 raise QsdnError(f"no session {session_id}", tag="data-missing")
-            if s.path and s.status in ("active", "rerouting", "provisioning", "failed") and s.spans:
-                plan = self._plan(s, s.path, s.spans, s.generation)
+            provisioned = s.plan is not None and bool(s.plan_spans)
+            if (
+                s.path
+                and s.status in ("active", "rerouting", "provisioning", "failed")
+                and (s.spans or provisioned)
+            ):
+                plan = self.session_plan(s)
                 reachable = {n: x for n, x in plan.removals.items() if self.nodes[n].reachable}
                 s.status = "deleting"
                 self.store.put_session(s)
@@ -430,9 +538,11 @@ class Controller:
             st = self.nodes.get(exc.node)
             name = st.record.name if st else exc.node
             raise TransactionError(exc.node, exc.step, exc.reason, exc.errors[1:], label=name) from exc
-        # record the PHYS links now present on each node
+        # record the PHYS links (and memories) now present on each node
         for n, xml in edits.items():
             root = etree.fromstring(xml)
+            if root.find(f"{{{ENT_NS}}}entanglement/{{{ENT_NS}}}memories") is not None:
+                self.nodes[n].memories = True
             added = {
                 str(x)
                 for x in _texts(
@@ -514,6 +624,9 @@ class Controller:
             for s in self.store.sessions():
                 if s.status != "active" or span_id not in s.spans:
                     continue
+                if s.planned:
+                    log.warning("session %s: re-routing %s sessions is not implemented", s.session_id, s.kind)
+                    continue
                 ok, detail = True, ""
                 try:
                     await self._move(s)
@@ -532,6 +645,9 @@ class Controller:
         async with self._lock:
             for s in self.store.sessions():
                 if s.status != "active" or node_id not in s.path:
+                    continue
+                if s.planned:
+                    log.warning("session %s: re-routing %s sessions is not implemented", s.session_id, s.kind)
                     continue
                 if node_id in (s.src_node, s.dst_node):
                     s.status = "failed"
@@ -589,7 +705,7 @@ class Controller:
             for s in self.store.sessions():
                 if s.status not in ("active", "rerouting") or not s.path:
                     continue
-                plan = self._plan(s, s.path, s.spans, s.generation, full=True)
+                plan = self.session_plan(s, full=True)
                 broken: dict[str, str] = {}
                 for n, xml in plan.edits.items():
                     st = self.nodes.get(n)
@@ -685,13 +801,23 @@ def _value(el: etree._Element) -> str:
     return text.split(":", 1)[1] if ":" in text and not text.startswith("urn:") else text
 
 
+def _same(a: str, b: str) -> bool:
+    """Equal leaf values; decimals compare as numbers (``25.000`` is libyang's ``25.0``)."""
+    if a == b:
+        return True
+    try:
+        return float(a) == float(b)
+    except ValueError:
+        return False
+
+
 def _subset(want: etree._Element, have: etree._Element) -> bool:
     for w in want:
         if not isinstance(w.tag, str) or _local(w) == "qkdl_status":
             continue  # the status is the controller's to set after provisioning
         candidates = [h for h in have if isinstance(h.tag, str) and _local(h) == _local(w)]
         if len(w) == 0:
-            if not any(_value(h) == _value(w) for h in candidates):
+            if not any(_same(_value(h), _value(w)) for h in candidates):
                 return False
             continue
         k = _key(w)

@@ -3,7 +3,8 @@
 Every record is a small JSON document keyed by its id, written in one SQLite transaction per change
 (WAL mode, synchronous=FULL), so a controller that crashes mid-change restarts with either the old or
 the new record, never half of one. Reservations are derived from the active sessions (each session
-reserves its rate on every span of its path), so they cannot drift from the sessions.
+reserves its rate on every QKD span of its path, and an entanglement or mixed session its quantum
+memories per node, with the plan it was provisioned with), so they cannot drift from the sessions.
 """
 
 from __future__ import annotations
@@ -85,10 +86,35 @@ class SessionRecord:
     last_error: str | None = None
     last_error_node: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
+    # entanglement and mixed key sessions (controller/entanglement.py); absent: a trusted-relay session
+    #: ``key`` or ``entanglement``
+    service: str = "key"
+    #: key over a mixed path (trusted-relay QKD hops and quantum-repeater segments)
+    repeaters: bool = False
+    target_fidelity: float | None = None
+    min_pair_rate_hz: float = 0.0
+    max_trusted_nodes: int | None = None
+    max_rounds: int = 3
+    #: the provisioned EntanglementPlan (controller.entanglement_provision.plan_to_json)
+    plan: dict[str, Any] | None = None
+    #: quantum memories the session holds per node (its reservation)
+    memories: dict[str, int] = field(default_factory=dict)
+    #: every span of the plan (``spans`` holds only the QKD hops, which carry key-rate reservations)
+    plan_spans: tuple[str, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        """``entanglement``, ``mixed key`` or ``key`` (trusted relay), for messages."""
+        return "mixed key" if self.service != "entanglement" and self.repeaters else self.service
+
+    @property
+    def planned(self) -> bool:
+        """Whether the entanglement planner serves this session (entanglement, or key with repeaters)."""
+        return self.service == "entanglement" or self.repeaters
 
 
 _KINDS: dict[str, type[Any]] = {"node": NodeRecord, "span": SpanRecord, "session": SessionRecord}
-_TUPLES = {"bands", "avoid", "trusted_relays", "path", "spans", "backup_path"}
+_TUPLES = {"bands", "avoid", "trusted_relays", "path", "spans", "backup_path", "plan_spans"}
 
 
 def _decode(kind: str, doc: str) -> Any:
@@ -177,7 +203,9 @@ class Store:
 
     def delete_span(self, span_id: str) -> bool:
         if any(
-            span_id in s.spans for s in self.sessions() if s.status in ("active", "rerouting", "provisioning")
+            span_id in s.spans or span_id in s.plan_spans
+            for s in self.sessions()
+            if s.status in ("active", "rerouting", "provisioning")
         ):
             raise QsdnError(f"span {span_id} carries sessions; delete or move them first", tag="data-exists")
         return self._delete("span", span_id)

@@ -101,14 +101,31 @@ def _print(args: argparse.Namespace, data: Any, table: Table | None) -> None:
 async def _session_create(args: argparse.Namespace) -> int:
     api = Api(args)
     src, dst = await api.node_id(args.src), await api.node_id(args.dst)
+    entanglement = args.service == "entanglement"
+    if args.rate is None and not entanglement:
+        raise QsdnError("--rate is required for key sessions")
     inp: dict[str, Any] = {
         "src_node": src,
         "dst_node": dst,
-        "src_sae": args.src_sae or f"urn:qsdn:sae:{args.src}",
-        "dst_sae": args.dst_sae or f"urn:qsdn:sae:{args.dst}",
-        "requested_rate_bps": str(args.rate),
+        "requested_rate_bps": str(args.rate if args.rate is not None else 1),
         "disjoint_backup": args.backup,
     }
+    if not entanglement:
+        inp["src_sae"] = args.src_sae or f"urn:qsdn:sae:{args.src}"
+        inp["dst_sae"] = args.dst_sae or f"urn:qsdn:sae:{args.dst}"
+    if args.service is not None:
+        # the entanglement planner: pairs, or key over trusted relays and quantum repeaters
+        inp["service"] = args.service
+        if not entanglement:
+            inp["repeaters"] = True
+        if args.fidelity is not None:
+            inp["target_fidelity"] = str(args.fidelity)
+        if args.pair_rate is not None:
+            inp["min_pair_rate_hz"] = str(args.pair_rate)
+        if args.max_trusted is not None:
+            inp["max_trusted_nodes"] = args.max_trusted
+        if args.rounds is not None:
+            inp["max_purification_rounds"] = args.rounds
     if args.max_hops is not None:
         inp["max_hops"] = args.max_hops
     if args.avoid:
@@ -302,10 +319,22 @@ def register(sub: Any) -> None:
     sess = sub.add_parser("session", help="key sessions on a controller").add_subparsers(
         dest="action", required=True
     )
-    c = sess.add_parser("create", help="create a key session")
+    c = sess.add_parser("create", help="create a key or entanglement session")
     c.add_argument("--src", required=True, help="source node (name or id)")
     c.add_argument("--dst", required=True, help="destination node (name or id)")
-    c.add_argument("--rate", type=int, required=True, help="required key rate, bit/s")
+    c.add_argument("--rate", type=int, help="required key rate, bit/s (key sessions: required)")
+    c.add_argument(
+        "--service",
+        choices=("entanglement", "key"),
+        help="plan with the entanglement planner: entangled pairs between the two nodes, or key over "
+        "trusted relays and quantum repeaters; without it, a trusted-relay key session",
+    )
+    c.add_argument("--fidelity", type=float, help="with --service: target fidelity of the pairs")
+    c.add_argument("--pair-rate", type=float, help="with --service entanglement: pairs/s needed")
+    c.add_argument(
+        "--max-trusted", type=int, help="with --service key: most trusted relays (0: repeaters only)"
+    )
+    c.add_argument("--rounds", type=int, help="with --service: most purification rounds (default 3)")
     c.add_argument("--src-sae")
     c.add_argument("--dst-sae")
     c.add_argument("--max-hops", type=int)

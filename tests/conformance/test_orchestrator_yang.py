@@ -96,23 +96,63 @@ module: qsdn-orchestrator
      |  +--ro qkdl_id?             yang:uuid
      |  +--ro status?              enumeration
      +--rw qkd_svc_link* [session_id]
-        +--rw session_id            yang:uuid
-        +--rw src_node              node-ref
-        +--rw dst_node              node-ref
-        +--rw src_sae?              string
-        +--rw dst_sae?              string
-        +--rw requested_rate_bps    rate-bps
-        +--rw max_hops?             uint8
-        +--rw disjoint_backup?      boolean
-        +--rw avoid*                node-ref
-        +--rw trusted_relays*       node-ref
-        +--ro status?               session-status
-        +--ro achieved_rate_bps?    rate-bps
-        +--ro path*                 yang:uuid
-        +--ro backup_path*          yang:uuid
-        +--ro relays*               yang:uuid
-        +--ro virt_qkdl_id?         yang:uuid
-        +--ro last_error?           string
+        +--rw session_id                 yang:uuid
+        +--rw src_node                   node-ref
+        +--rw dst_node                   node-ref
+        +--rw src_sae?                   string
+        +--rw dst_sae?                   string
+        +--rw requested_rate_bps         rate-bps
+        +--rw max_hops?                  uint8
+        +--rw disjoint_backup?           boolean
+        +--rw avoid*                     node-ref
+        +--rw trusted_relays*            node-ref
+        +--rw service?                   enumeration
+        +--rw repeaters?                 boolean
+        +--rw target_fidelity?           decimal64
+        +--rw min_pair_rate_hz?          decimal64
+        +--rw max_trusted_nodes?         uint8
+        +--rw max_purification_rounds?   uint8
+        +--ro status?                    session-status
+        +--ro achieved_rate_bps?         rate-bps
+        +--ro path*                      yang:uuid
+        +--ro backup_path*               yang:uuid
+        +--ro relays*                    yang:uuid
+        +--ro virt_qkdl_id?              yang:uuid
+        +--ro plan
+        |  +--ro service?          enumeration
+        |  +--ro node*             yang:uuid
+        |  +--ro key_rate_bps?     decimal64
+        |  +--ro pair_rate_hz?     decimal64
+        |  +--ro fidelity?         decimal64
+        |  +--ro key_visible_to*   yang:uuid
+        |  +--ro trusted_relays*   yang:uuid
+        |  +--ro segment* [index]
+        |     +--ro index                    uint8
+        |     +--ro technology?              enumeration
+        |     +--ro node*                    yang:uuid
+        |     +--ro span*                    span-id
+        |     +--ro key_rate_bps?            decimal64
+        |     +--ro pair_rate_hz?            decimal64
+        |     +--ro fidelity?                decimal64
+        |     +--ro unpurified_fidelity?     decimal64
+        |     +--ro swap_order?              enumeration
+        |     +--ro purification_rounds?     uint8
+        |     +--ro purification_protocol?   enumeration
+        |     +--ro repeaters*               yang:uuid
+        |     +--ro bsm_stations*            yang:uuid
+        |     +--ro memory* [node]
+        |     |  +--ro node        yang:uuid
+        |     |  +--ro memories?   uint32
+        |     +--ro link* [index]
+        |        +--ro index                  uint8
+        |        +--ro node_a?                yang:uuid
+        |        +--ro node_b?                yang:uuid
+        |        +--ro bsm_station?           yang:uuid
+        |        +--ro length_km?             decimal64
+        |        +--ro success_probability?   decimal64
+        |        +--ro attempt_time_s?        decimal64
+        |        +--ro initial_fidelity?      decimal64
+        +--ro last_error?                string
         +--ro last_error_info
            +--ro node?     yang:uuid
            +--ro reason?   string
@@ -149,16 +189,22 @@ module: qsdn-orchestrator
     |           +--ro available_bps?       rate-bps
     +---x create-session
     |  +---w input
-    |  |  +---w session_id?           yang:uuid
-    |  |  +---w src_node              node-ref
-    |  |  +---w dst_node              node-ref
-    |  |  +---w src_sae?              string
-    |  |  +---w dst_sae?              string
-    |  |  +---w requested_rate_bps    rate-bps
-    |  |  +---w max_hops?             uint8
-    |  |  +---w disjoint_backup?      boolean
-    |  |  +---w avoid*                node-ref
-    |  |  +---w trusted_relays*       node-ref
+    |  |  +---w session_id?                yang:uuid
+    |  |  +---w src_node                   node-ref
+    |  |  +---w dst_node                   node-ref
+    |  |  +---w src_sae?                   string
+    |  |  +---w dst_sae?                   string
+    |  |  +---w requested_rate_bps         rate-bps
+    |  |  +---w max_hops?                  uint8
+    |  |  +---w disjoint_backup?           boolean
+    |  |  +---w avoid*                     node-ref
+    |  |  +---w trusted_relays*            node-ref
+    |  |  +---w service?                   enumeration
+    |  |  +---w repeaters?                 boolean
+    |  |  +---w target_fidelity?           decimal64
+    |  |  +---w min_pair_rate_hz?          decimal64
+    |  |  +---w max_trusted_nodes?         uint8
+    |  |  +---w max_purification_rounds?   uint8
     |  +--ro output
     |     +--ro session_id?   yang:uuid
     |     +--ro status?       session-status
