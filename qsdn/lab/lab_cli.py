@@ -30,6 +30,7 @@ if TYPE_CHECKING:  # the commands import these when they run: `qsdn` starts fast
 
 STEPS = {
     "configuration": "configuration and namespaces",
+    "medium": "starting the quantum medium",
     "agents": "starting agents",
     "controller": "starting the controller",
     "onboarding": "onboarding nodes (NETCONF)",
@@ -120,7 +121,14 @@ async def _up_async(args: argparse.Namespace, topo: LabTopology, lab_dir: Path, 
     console.print(f"lab [bold]{topo.name}[/] ({args.mode}) in {lab_dir}")
     with Progress(*columns, console=console) as progress:
         task = asyncio.create_task(
-            launcher.up(topo, lab_dir, mode=args.mode, launcher_pid=own_pid, progress=_RichProgress(progress))
+            launcher.up(
+                topo,
+                lab_dir,
+                mode=args.mode,
+                launcher_pid=own_pid,
+                progress=_RichProgress(progress),
+                seed=args.seed,
+            )
         )
 
         def interrupted() -> None:
@@ -313,6 +321,11 @@ def add_commands(lab: Any) -> None:
     )
     up.add_argument("--dir", help="lab directory (default: ./lab-<name>)")
     up.add_argument("--detach", action="store_true", help="return once the lab is up, leaving it running")
+    up.add_argument(
+        "--seed",
+        type=int,
+        help="seed of the entanglement medium (labs with repeaters or BSM stations; default: random)",
+    )
     up.set_defaults(func=_up)
     keys = lab.add_parser("keys", help="a live ETSI 014 key exchange between a session's two SAEs")
     keys.add_argument("session", help="session name from the topology file")

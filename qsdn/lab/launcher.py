@@ -4,10 +4,13 @@
 
 1. generates, under the lab directory, one ``node.yaml`` per node, the controller's ``controller.yaml``
    and ``topology.yaml``, and per-lab random NETCONF and RESTCONF passwords (``secrets/``, mode 0600);
-2. starts one ``qsdn agent run`` per node (``--mode netns``: inside the node's network namespace,
+2. when the topology has a repeater or a BSM station, starts one ``qsdn medium run`` (the emulated
+   quantum medium every node with entanglement hardware connects to; processes mode only), then one
+   ``qsdn agent run`` per node (``--mode netns``: inside the node's network namespace,
    :mod:`qsdn.lab.netns`) and, once every NETCONF port answers, one ``qsdn controller run``;
 3. waits until the controller reports every node reachable (RESTCONF), then creates the topology's
-   sessions through the controller's ``create-session`` operation;
+   sessions through the controller's ``create-session`` operation (``key`` sessions with
+   ``service key`` and ``repeaters true``: the controller may use repeater segments);
 4. records everything an external tool needs in ``lab.json`` (format in ``docs/lab.md``), written as
    soon as each process starts, so that ``qsdn lab down`` can always clean up.
 
@@ -20,6 +23,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import functools
 import json
 import os
 import secrets
@@ -71,6 +76,8 @@ class LabAddresses:
     netconf: dict[str, Endpoint]
     channel: dict[tuple[str, str], Endpoint]
     restconf: Endpoint
+    #: the entanglement medium service, when the topology has a repeater or a BSM station
+    medium: Endpoint | None = None
 
 
 def interface_ids(topo: LabTopology) -> dict[tuple[str, str], int]:
@@ -87,14 +94,50 @@ def controller_role(node: LabNode) -> tuple[str, bool]:
     """The controller's (role, trusted) for a lab role.
 
     Trusted relays relay key; endpoints are trusted nodes too (any trusted node may relay). Repeaters
-    and BSM stations are entanglement-based devices: for the trusted-relay controller they are relays
-    that must never see key, so they are untrusted and no path crosses them.
+    and BSM stations keep their roles (``repeater``, ``bsm-station``): entanglement devices that never
+    hold key, so they are untrusted and no trusted-relay path crosses them.
     """
     if node.role == "trusted-relay":
         return "relay", True
     if node.role == "endpoint":
         return "endpoint", True
-    return "relay", False
+    return node.role, False
+
+
+def controller_entanglement(node: LabNode) -> dict[str, float | int] | None:
+    """The node's ``entanglement`` block of the controller's topology (its key names), or None."""
+    if node.station is not None:
+        return {"detector_efficiency": node.station.detector_efficiency}
+    m = node.memory
+    if m is None:
+        return None
+    return {
+        "memories": m.memories,
+        "coherence_time_s": m.coherence_time_s,
+        "swap_success_probability": m.swap_success,
+        "initial_fidelity": m.initial_fidelity,
+        "modes": m.modes,
+    }
+
+
+def kme_peers(topo: LabTopology, node: LabNode) -> list[tuple[str, str | None]]:
+    """The KMEs a key-holding node's KME talks to, as ``(peer node, span id)``: its neighbours that hold
+    key (QKD hops; the span carries the traffic in netns mode) and the far ends of possible repeater
+    segments (``span id`` None: they are not adjacent). Repeaters and BSM stations have no KME."""
+    if not node.holds_key:
+        return []
+    out: list[tuple[str, str | None]] = []
+    seen: set[str] = set()
+    for s in topo.spans_of(node.name):
+        other = s.b if s.a == node.name else s.a
+        if topo.node(other).holds_key and other not in seen:
+            seen.add(other)
+            out.append((other, s.span_id))
+    for other in topo.segment_partners(node.name):
+        if other not in seen:
+            seen.add(other)
+            out.append((other, None))
+    return out
 
 
 def processes_addresses(topo: LabTopology) -> LabAddresses:
@@ -108,6 +151,7 @@ def processes_addresses(topo: LabTopology) -> LabAddresses:
             for s in topo.spans_of(n.name)
         },
         restconf=Endpoint(host, free_port(host)),
+        medium=Endpoint(host, free_port(host)) if topo.needs_medium else None,
     )
 
 
@@ -168,6 +212,8 @@ def node_config(
     }
     if node.location:
         cfg["location"] = node.location
+    if node.quantum_device and addrs.medium is not None:
+        cfg["entanglement"] = {"medium": {"host": addrs.medium.host, "port": addrs.medium.port}}
     return cfg
 
 
@@ -179,15 +225,16 @@ def kme_config(
     node: LabNode,
     port: int,
     pki_files: dict[str, Path],
-    peer_url: Callable[[str, str, str], str],
+    peer_url: Callable[[str, str, str | None], str],
     *,
     listen: str,
 ) -> dict[str, Any]:
-    """The ``kme`` section of a node: its certificate, and its neighbours' KMEs as peers."""
+    """The ``kme`` section of a key-holding node: its certificate, and as peers the KMEs of
+    :func:`kme_peers` (key-holding neighbours and repeater-segment partners)."""
     peers: dict[str, Any] = {}
-    for s in topo.spans_of(node.name):
-        other = topo.node(s.b if s.a == node.name else s.a)
-        peers[other.node_id] = {"url": peer_url(node.name, other.name, s.span_id), "kme_id": other.name}
+    for name, span_id in kme_peers(topo, node):
+        other = topo.node(name)
+        peers[other.node_id] = {"url": peer_url(node.name, other.name, span_id), "kme_id": other.name}
     return {
         "host": listen,
         "port": port,
@@ -216,6 +263,9 @@ def controller_topology(
         }
         if n.location:
             entry["location"] = n.location
+        ent = controller_entanglement(n)
+        if ent is not None:
+            entry["entanglement"] = ent
         nodes.append(entry)
     spans = [
         {
@@ -360,7 +410,16 @@ def lab_processes(lab: dict[str, Any]) -> list[ProcessRow]:
     ctl = lab["controller"]
     alive = process_alive(ctl.get("pid"), ctl["config"])
     rows.append(ProcessRow("controller", "controller", ctl.get("pid"), alive))
+    medium = lab.get("medium")
+    if medium:
+        alive = process_alive(medium.get("pid"), medium_marker(medium))
+        rows.append(ProcessRow("medium", "medium", medium.get("pid"), alive))
     return rows
+
+
+def medium_marker(medium: dict[str, Any]) -> str:
+    """What the medium process's command line contains (pids get reused)."""
+    return f"--listen {medium['host']}:{medium['port']}"
 
 
 def _spawn(argv: list[str], log_path: Path, cwd: Path) -> int:
@@ -434,6 +493,10 @@ def down(lab_dir: Path, *, timeout_s: float = STOP_TIMEOUT_S, own_pid: int | Non
     agents = [(n["pid"], n["config"]) for n in lab["nodes"] if n.get("pid")]
     report.killed += _stop_all(ctl_target, timeout_s)
     report.killed += _stop_all(agents, timeout_s)
+    medium = lab.get("medium")
+    if medium and medium.get("pid"):  # last: the agents' quantum devices use it until they stop
+        report.killed += _stop_all([(medium["pid"], medium_marker(medium))], timeout_s)
+        medium["pid"] = None
     ns = lab.get("netns")
     if ns:
         report.problems += netns.destroy(ns["namespaces"].values(), [m["root_dev"] for m in ns["mgmt"]])
@@ -566,8 +629,27 @@ def _prepare_dir(lab_dir: Path) -> Path:
     return lab_dir
 
 
-def generate(topo: LabTopology, lab_dir: Path, mode: str, plan: netns.NetnsPlan | None) -> dict[str, Any]:
-    """Write every configuration file and the secrets; return the initial lab.json (no pids yet)."""
+def _lab_entanglement(node: LabNode, addrs: LabAddresses) -> dict[str, Any] | None:
+    """A node's entanglement hardware in lab.json (names of the topology file), with the medium."""
+    if not node.quantum_device:
+        return None
+    out: dict[str, Any] = {}
+    if node.memory is not None:
+        out.update(dataclasses.asdict(node.memory))
+    if node.station is not None:
+        out.update(dataclasses.asdict(node.station))
+    out["medium"] = str(addrs.medium) if addrs.medium is not None else None
+    return out
+
+
+def generate(
+    topo: LabTopology, lab_dir: Path, mode: str, plan: netns.NetnsPlan | None, *, seed: int | None = None
+) -> dict[str, Any]:
+    """Write every configuration file and the secrets; return the initial lab.json (no pids yet).
+
+    ``seed`` seeds the entanglement medium (a random one when None; recorded in lab.json)."""
+    if seed is None:
+        seed = secrets.randbelow(2**31)
     from agent.config import hash_password  # the lab writes agent configuration; nothing else of it
     from controller.provision import phys_link_id
 
@@ -607,9 +689,12 @@ def generate(topo: LabTopology, lab_dir: Path, mode: str, plan: netns.NetnsPlan 
         host = "127.0.0.1" if plan is None else plan.mgmt_of(node).ns_addr
         return f"https://{host}:{kme_ports[node]}"
 
-    def peer_url(node: str, peer: str, span_id: str) -> str:
-        host = "127.0.0.1" if plan is None else plan.span_addr(span_id, peer)
-        return f"https://{host}:{kme_ports[peer]}"
+    def peer_url(node: str, peer: str, span_id: str | None) -> str:
+        if plan is None:
+            return f"https://127.0.0.1:{kme_ports[peer]}"
+        if span_id is None:  # `up` refuses netns labs with repeaters before it gets here
+            raise QsdnError(f"netns mode: no route from {node}'s KME to {peer}'s (a repeater segment)")
+        return f"https://{plan.span_addr(span_id, peer)}:{kme_ports[peer]}"
 
     nodes = []
     for n in topo.nodes:
@@ -619,7 +704,8 @@ def generate(topo: LabTopology, lab_dir: Path, mode: str, plan: netns.NetnsPlan 
         cfg = node_config(topo, n, addrs, qkdi, password_hash)
         # in a namespace of its own the KME listens on all of the node's addresses
         listen = "127.0.0.1" if plan is None else "0.0.0.0"  # noqa: S104
-        cfg["kme"] = kme_config(topo, n, kme_ports[n.name], pki_files, peer_url, listen=listen)
+        if n.holds_key:  # repeaters and BSM stations never hold key: no KME
+            cfg["kme"] = kme_config(topo, n, kme_ports[n.name], pki_files, peer_url, listen=listen)
         _write_yaml(cfg_path, cfg, private=True)
         nc = addrs.netconf[n.name]
         nodes.append(
@@ -634,8 +720,9 @@ def generate(topo: LabTopology, lab_dir: Path, mode: str, plan: netns.NetnsPlan 
                     "username": USER,
                     "password_file": str(nc_file),
                 },
-                "kme_url": kme_url(n.name),
-                "kme_ca_cert": str(pki_files["ca.crt"]),
+                "kme_url": kme_url(n.name) if n.holds_key else None,
+                "kme_ca_cert": str(pki_files["ca.crt"]) if n.holds_key else None,
+                "entanglement": _lab_entanglement(n, addrs),
                 "saes": [
                     {
                         "sae_id": sae,
@@ -680,6 +767,15 @@ def generate(topo: LabTopology, lab_dir: Path, mode: str, plan: netns.NetnsPlan 
             "log": str(lab_dir / "logs" / "controller.log"),
             "pid": None,
         },
+        "medium": None
+        if addrs.medium is None
+        else {
+            "host": addrs.medium.host,
+            "port": addrs.medium.port,
+            "seed": seed,
+            "log": str(lab_dir / "logs" / "medium.log"),
+            "pid": None,
+        },
         "nodes": nodes,
         "spans": [
             {
@@ -703,6 +799,8 @@ def generate(topo: LabTopology, lab_dir: Path, mode: str, plan: netns.NetnsPlan 
                 "src_sae": s.src_sae,
                 "dst_sae": s.dst_sae,
                 "rate_bps": s.rate_bps,
+                "service": s.service,
+                "target_fidelity": s.target_fidelity,
                 "session_id": None,
                 "status": None,
                 "error": None,
@@ -734,6 +832,61 @@ async def _wait_port(host: str, port: int, alive: Callable[[], bool], what: str,
 
 def _qsdn_argv() -> list[str]:
     return [sys.executable, "-m", "qsdn.cli", "--log-level", "info"]
+
+
+MEDIUM_UNAVAILABLE = "medium service not available"
+
+
+def medium_unavailable_reason() -> str | None:
+    """Why this qsdn cannot run the entanglement medium service, or None when ``qsdn medium run`` exists.
+
+    Asks the command itself (``qsdn medium run --help``), the way the lab will start it.
+    """
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "qsdn.cli", "medium", "run", "--help"],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=60,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return f"{MEDIUM_UNAVAILABLE}: `qsdn medium run --help` failed: {exc}"
+    if proc.returncode != 0 or b"--listen" not in proc.stdout:
+        return (
+            f"{MEDIUM_UNAVAILABLE}: this qsdn has no `qsdn medium run --listen HOST:PORT` command, which "
+            "a lab with repeaters or BSM stations needs (the entanglement emulator's medium service)"
+        )
+    return None
+
+
+def entanglement_unsupported_reason(topo: LabTopology, mode: str) -> str | None:
+    """Why ``up`` cannot run this topology's entanglement hardware in ``mode`` (None: it can)."""
+    if not topo.needs_medium:
+        return None
+    if mode == "netns":
+        devices = ", ".join(n.name for n in topo.nodes if n.role in ("repeater", "bsm-station"))
+        return (
+            f"--mode netns does not run entanglement labs yet (repeaters and BSM stations: {devices}): "
+            "a namespace reaches the root namespace only over its own management /30, so the agents "
+            "cannot share one medium service, and the KMEs at the two ends of a repeater segment are "
+            "not adjacent; use --mode processes"
+        )
+    return medium_unavailable_reason()
+
+
+async def _start_medium(lab_dir: Path, lab: dict[str, Any], progress: UpProgress) -> None:
+    """Start the lab's ``qsdn medium run`` and wait until it listens."""
+    medium = lab["medium"]
+    progress.start("medium", 1)
+    listen = f"{medium['host']}:{medium['port']}"
+    argv = [*_qsdn_argv(), "medium", "run", "--listen", listen, "--seed", str(medium["seed"])]
+    medium["pid"] = pid = _spawn(argv, Path(medium["log"]), lab_dir)
+    write_lab(lab_dir, lab)
+    marker = medium_marker(medium)
+    await _wait_port(medium["host"], medium["port"], lambda: process_alive(pid, marker), "the medium",
+                     medium["log"])  # fmt: skip
+    progress.advance("medium")
 
 
 async def _start_agents(lab_dir: Path, lab: dict[str, Any], progress: UpProgress) -> None:
@@ -812,13 +965,18 @@ async def _create_sessions(lab_dir: Path, lab: dict[str, Any], api: Api, progres
     progress.start("sessions", len(lab["sessions"]))
     ids = {n["name"]: n["qkdn_id"] for n in lab["nodes"]}
     for s in lab["sessions"]:
-        inp = {
+        inp: dict[str, Any] = {
             "src_node": ids[s["src"]],
             "dst_node": ids[s["dst"]],
             "src_sae": s["src_sae"],
             "dst_sae": s["dst_sae"],
             "requested_rate_bps": str(s["rate_bps"]),
         }
+        if s.get("service") == "key":  # a mixed path: trusted-relay QKD hops and repeater segments
+            inp["service"] = "key"
+            inp["repeaters"] = True
+            if s.get("target_fidelity") is not None:
+                inp["target_fidelity"] = str(s["target_fidelity"])
         try:
             out = await api.request("POST", f"/operations/{ORCH}:create-session", {f"{ORCH}:input": inp})
             o = out[f"{ORCH}:output"]
@@ -856,17 +1014,23 @@ async def up(
     mode: str = "processes",
     launcher_pid: int | None = None,
     progress: UpProgress | None = None,
+    seed: int | None = None,
 ) -> UpResult:
-    """Bring the lab up. On any failure (or cancellation) everything started is stopped again."""
+    """Bring the lab up. On any failure (or cancellation) everything started is stopped again.
+
+    ``seed`` seeds the entanglement medium (labs with repeaters or BSM stations; random when None).
+    """
     progress = progress or _Silent()
     if mode not in ("processes", "netns"):
         raise QsdnError(f"unknown lab mode {mode!r} (processes or netns)")
     if mode == "netns" and (reason := await asyncio.to_thread(netns.unavailable_reason)):
         raise QsdnError(f"--mode netns: {reason}")
+    if reason := await asyncio.to_thread(entanglement_unsupported_reason, topo, mode):
+        raise QsdnError(f"lab {topo.name}: {reason}")
     lab_dir = await asyncio.to_thread(_prepare_dir, lab_dir)
     progress.start("configuration", 1)
     plan = await asyncio.to_thread(_netns_plan, topo, lab_dir) if mode == "netns" else None
-    lab = await asyncio.to_thread(generate, topo, lab_dir, mode, plan)
+    lab = await asyncio.to_thread(functools.partial(generate, topo, lab_dir, mode, plan, seed=seed))
     lab["launcher_pid"] = launcher_pid
     write_lab(lab_dir, lab)
     try:
@@ -875,6 +1039,8 @@ async def up(
             lab["netns"] = plan.to_json()  # from now on `down` removes them
             write_lab(lab_dir, lab)
         progress.advance("configuration")
+        if lab.get("medium"):
+            await _start_medium(lab_dir, lab, progress)
         await _start_agents(lab_dir, lab, progress)
         api = await _start_controller(lab_dir, lab, progress)
         await _onboard(lab, api, progress)

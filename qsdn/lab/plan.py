@@ -20,9 +20,14 @@ Pure core (:func:`build_plan` returns data), thin renderers (:func:`render_table
   budget no spacing helps and the hint is ``None``. The hint assumes a site can be built anywhere along
   the route: not true at sea, where only a quantum repeater (or a satellite) helps.
 
-Then the sessions of the file, admitted in file order as the controller would: best trusted-relay path
-(:func:`controller.pathcomp.compute_paths`), each admitted session reserving its rate on its hops.
-Endpoints and trusted relays may relay; repeaters and BSM stations may not (they never hold key).
+Then the sessions of the file, admitted in file order as the controller would. A ``qkd`` session takes
+the best trusted-relay path (:func:`controller.pathcomp.compute_paths`); a ``key`` session the best mixed
+path of :func:`controller.entanglement.compute_entanglement_plan`, whose segments are trusted-relay QKD
+hops or repeater segments (a chain of repeaters and BSM stations, BBM92 key between its two ends). Each
+admitted session reserves its rate on its QKD hops and its memories on the repeater segments' nodes.
+Endpoints and trusted relays may relay; repeaters and BSM stations may not (they never hold key). The
+report lists every repeater segment with its repeaters, stations, swap order, purification, fidelity,
+pair rate and key rate.
 """
 
 from __future__ import annotations
@@ -38,9 +43,15 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from controller.model import Node, Reservation, Span, Topology
+from controller.entanglement import (
+    EntanglementPlan,
+    EntanglementRequest,
+    MemoryReservation,
+    compute_entanglement_plan,
+)
+from controller.model import MemoryParams, Node, NodeRole, Reservation, Span, StationParams, Topology
 from controller.pathcomp import PathRejectedError, PathRequest, classify_span, compute_paths
-from qsdn.lab.topology import KEY_ROLES, LabSpan, LabTopology
+from qsdn.lab.topology import KEY_ROLES, LabNode, LabSession, LabSpan, LabTopology
 from qsdn.physics.bb84 import DeviceParams, max_loss_db
 from qsdn.physics.loss import PLANNING_BUDGET_DB, Band, SpanClass, planning_class
 
@@ -48,6 +59,7 @@ __all__ = [
     "NEEDS",
     "PlanReport",
     "RelayHint",
+    "SegmentPlan",
     "SessionPlan",
     "SpanPlan",
     "build_plan",
@@ -141,11 +153,36 @@ class SpanPlan:
 
 
 @dataclass(frozen=True, slots=True)
+class SegmentPlan:
+    """One segment of a ``key`` session's path (node names, rates in bit/s and pairs/s).
+
+    ``technology`` ``qkd``: a trusted-relay QKD hop over one span; ``entanglement``: a repeater segment
+    (``repeaters`` and ``stations`` in path order, the swap order, end-to-end purification, the delivered
+    pairs' fidelity and rate); ``key_rate_bps`` is what the segment offers the session.
+    """
+
+    technology: str
+    nodes: tuple[str, ...]
+    spans: tuple[str, ...]
+    key_rate_bps: float
+    repeaters: tuple[str, ...] = ()
+    stations: tuple[str, ...] = ()
+    swap_order: str = "none"
+    rounds: int = 0
+    protocol: str = "none"
+    fidelity: float | None = None
+    pair_rate_hz: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
 class SessionPlan:
     """Where a session of the file would go, admitted in file order.
 
     ``path`` and ``spans`` are empty and ``reason`` says why when no path carries the session.
-    ``bottleneck_bps`` is the key rate left for it on its weakest hop when it was admitted.
+    ``bottleneck_bps`` is the key rate left for it on its weakest hop when it was admitted (for a
+    ``key`` session, the plan's end-to-end key rate: the minimum over its segments). ``segments`` and
+    ``trusted_relays`` are those of a ``key`` session's plan (empty for ``qkd``, whose relays are the
+    path's interior nodes).
     """
 
     name: str
@@ -156,6 +193,13 @@ class SessionPlan:
     spans: tuple[str, ...]
     bottleneck_bps: float
     reason: str | None
+    service: str = "qkd"
+    segments: tuple[SegmentPlan, ...] = ()
+    trusted_relays: tuple[str, ...] = ()
+
+    @property
+    def repeater_segments(self) -> tuple[SegmentPlan, ...]:
+        return tuple(g for g in self.segments if g.technology == "entanglement")
 
     @property
     def admitted(self) -> bool:
@@ -293,20 +337,39 @@ def _span_plan(topology: LabTopology, span: LabSpan) -> SpanPlan:
     )
 
 
+#: The controller's role for each lab role.
+CONTROLLER_ROLES: dict[str, NodeRole] = {
+    "endpoint": "endpoint",
+    "trusted-relay": "relay",
+    "repeater": "repeater",
+    "bsm-station": "bsm-station",
+}
+
+
+def controller_node(n: LabNode) -> Node:
+    """A lab node as the controller's model: role, trust, memories and station parameters."""
+    memory = None
+    if n.memory is not None:
+        m = n.memory
+        memory = MemoryParams(m.memories, m.coherence_time_s, m.swap_success, m.initial_fidelity, m.modes)
+    station = StationParams(n.station.detector_efficiency) if n.station is not None else None
+    return Node(
+        n.node_id,
+        n.name,
+        trusted=n.role in KEY_ROLES,
+        role=CONTROLLER_ROLES[n.role],
+        memory=memory,
+        station=station,
+    )
+
+
 def controller_topology(topology: LabTopology) -> Topology:
-    """The lab as the controller's model: node ids, trusted relays, spans with their weaker device.
+    """The lab as the controller's model: node ids, roles, trusted relays, memories and stations, spans
+    with their weaker device.
 
     Endpoints and trusted relays are trusted (they hold key); repeaters and BSM stations are not.
     """
-    nodes = [
-        Node(
-            n.node_id,
-            n.name,
-            trusted=n.role in KEY_ROLES,
-            role="endpoint" if n.role == "endpoint" else "relay",
-        )
-        for n in topology.nodes
-    ]
+    nodes = [controller_node(n) for n in topology.nodes]
     spans = [
         _model_span(
             s.span_id,
@@ -321,14 +384,82 @@ def controller_topology(topology: LabTopology) -> Topology:
     return Topology.build(nodes, spans)
 
 
+def _segment_plans(plan: EntanglementPlan, names: dict[str, str]) -> tuple[SegmentPlan, ...]:
+    def named(ids: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(names[i] for i in ids)
+
+    return tuple(
+        SegmentPlan(
+            technology=g.technology,
+            nodes=named(g.nodes),
+            spans=g.spans,
+            key_rate_bps=g.key_rate_bps,
+            repeaters=named(g.repeaters),
+            stations=named(g.stations),
+            swap_order=g.swap_order,
+            rounds=g.rounds,
+            protocol=g.protocol,
+            fidelity=g.fidelity,
+            pair_rate_hz=g.pair_rate_hz,
+        )
+        for g in plan.segments
+    )
+
+
+def _key_session(
+    topology: LabTopology,
+    model: Topology,
+    s: LabSession,
+    reservations: list[Reservation],
+    memories: list[MemoryReservation],
+) -> SessionPlan:
+    """Plan a ``key`` session over trusted relays and repeater segments; reserve what it holds."""
+    names = {n.node_id: n.name for n in topology.nodes}
+    request = EntanglementRequest(
+        topology.node(s.src).node_id,
+        topology.node(s.dst).node_id,
+        service="key",
+        target_fidelity=s.target_fidelity,
+        min_key_rate_bps=float(s.rate_bps),
+    )
+    try:
+        plan = compute_entanglement_plan(
+            model, request, reservations=reservations, memory_reservations=memories
+        )
+    except PathRejectedError as exc:
+        return SessionPlan(s.name, s.src, s.dst, s.rate_bps, (), (), 0.0, exc.first.message, "key")
+    segments = _segment_plans(plan, names)
+    spans = tuple(span for g in plan.segments for span in g.spans)
+    qkd_spans = [span for g in plan.segments if g.technology == "qkd" for span in g.spans]
+    reservations.extend(Reservation(s.name, span_id, s.rate_bps) for span_id in qkd_spans)
+    memories.extend(plan.reservations(s.name))
+    return SessionPlan(
+        s.name,
+        s.src,
+        s.dst,
+        s.rate_bps,
+        tuple(names[n] for n in plan.nodes),
+        spans,
+        plan.key_rate_bps,
+        None,
+        "key",
+        segments,
+        tuple(names[n] for n in plan.trusted_relays),
+    )
+
+
 def _session_plans(topology: LabTopology) -> tuple[SessionPlan, ...]:
     if not topology.sessions:
         return ()
     model = controller_topology(topology)
     names = {n.node_id: n.name for n in topology.nodes}
     reservations: list[Reservation] = []
+    memories: list[MemoryReservation] = []
     plans: list[SessionPlan] = []
     for s in topology.sessions:
+        if s.service == "key":
+            plans.append(_key_session(topology, model, s, reservations, memories))
+            continue
         request = PathRequest(topology.node(s.src).node_id, topology.node(s.dst).node_id, s.rate_bps, k=1)
         try:
             best = compute_paths(model, reservations, request).best
@@ -401,6 +532,9 @@ def plan_json(report: PlanReport) -> dict[str, Any]:
             "spans": list(s.spans),
             "bottleneck_bps": _round(s.bottleneck_bps, 3),
             "reason": s.reason,
+            "service": s.service,
+            "trusted_relays": list(s.trusted_relays if s.service == "key" else s.path[1:-1]),
+            "segments": [_segment_json(g) for g in s.segments],
         }
         for s in report.sessions
     ]
@@ -422,6 +556,22 @@ def plan_json(report: PlanReport) -> dict[str, Any]:
             "sessions_admitted": sum(1 for s in report.sessions if s.admitted),
             "text": report.summary(),
         },
+    }
+
+
+def _segment_json(g: SegmentPlan) -> dict[str, Any]:
+    return {
+        "technology": g.technology,
+        "nodes": list(g.nodes),
+        "spans": list(g.spans),
+        "key_rate_bps": _round(g.key_rate_bps, 3),
+        "repeaters": list(g.repeaters),
+        "stations": list(g.stations),
+        "swap_order": g.swap_order,
+        "purification_rounds": g.rounds,
+        "purification": g.protocol,
+        "fidelity": None if g.fidelity is None else _round(g.fidelity, 4),
+        "pair_rate_hz": _round(g.pair_rate_hz, 3),
     }
 
 
@@ -463,6 +613,26 @@ def _path_text(path: tuple[str, ...]) -> str:
     return " > ".join((*path[:3], "...", *path[-2:]))
 
 
+def _segments_text(p: SessionPlan) -> str:
+    """A key session's path by segments: ``a > b`` a QKD hop, ``b =r1=r2= c`` a repeater segment."""
+    if not p.segments:
+        return _path_text(p.path)
+    parts = [p.segments[0].nodes[0]]
+    for g in p.segments:
+        if g.technology == "qkd":
+            parts.append(f" > {g.nodes[-1]}")
+        else:
+            inner = "=".join(g.repeaters)
+            parts.append(f" ={inner}= {g.nodes[-1]}" if inner else f" == {g.nodes[-1]}")
+    return "".join(parts)
+
+
+def _purification_text(g: SegmentPlan) -> str:
+    if g.rounds == 0:
+        return "none"
+    return f"{g.rounds} x {g.protocol.upper()}"
+
+
 def render_table(report: PlanReport, console: Console) -> None:
     """Print the spans table, the sessions table (if any) and the summary line."""
     title = f"Planning report: {report.topology}" + (f" ({report.description})" if report.description else "")
@@ -494,15 +664,37 @@ def render_table(report: PlanReport, console: Console) -> None:
     console.print(spans)
     if report.sessions:
         sessions = Table(title="Sessions (admitted in file order)", title_justify="left", box=box.SIMPLE_HEAD)
-        for header in ("Session", "From - to", "Asks", "Hops", "Path", "Weakest hop left"):
+        for header in ("Session", "Service", "From - to", "Asks", "Hops", "Path", "Weakest hop left"):
             sessions.add_column(header)
         for p in report.sessions:
             if p.admitted:
-                row = (str(len(p.spans)), _path_text(p.path), rate_text(p.bottleneck_bps))
+                row = (str(len(p.spans)), _segments_text(p), rate_text(p.bottleneck_bps))
             else:
                 row = ("-", f"[red]rejected[/]: {p.reason}", "-")
-            sessions.add_row(p.name, f"{p.src} - {p.dst}", rate_text(p.rate_bps), *row)
+            sessions.add_row(p.name, p.service, f"{p.src} - {p.dst}", rate_text(p.rate_bps), *row)
         console.print(sessions)
+        if any(p.repeater_segments for p in report.sessions):
+            console.print("  (a > b: trusted-relay QKD hop; a =r= b: repeater segment through repeater r)")
+            segs = Table(title="Repeater segments (BBM92 key, no repeater sees it)", title_justify="left",
+                         box=box.SIMPLE_HEAD)  # fmt: skip
+            for header in ("Session", "Ends", "Repeaters", "BSM stations", "Links", "Swap", "Purification",
+                           "Fidelity", "Pairs/s", "Key rate"):  # fmt: skip
+                segs.add_column(header)
+            for p in report.sessions:
+                for g in p.repeater_segments:
+                    segs.add_row(
+                        p.name,
+                        f"{g.nodes[0]} - {g.nodes[-1]}",
+                        ", ".join(g.repeaters) or "-",
+                        ", ".join(g.stations) or "co-located",
+                        str(len(g.repeaters) + 1),
+                        g.swap_order,
+                        _purification_text(g),
+                        f"{g.fidelity:.3f}" if g.fidelity is not None else "-",
+                        f"{g.pair_rate_hz:.3g}",
+                        rate_text(g.key_rate_bps),
+                    )
+            console.print(segs)
     console.print(report.summary())
 
 

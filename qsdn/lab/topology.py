@@ -31,7 +31,20 @@ Rules beyond the types:
   sees the key (SYSTEM.md section 1). An SAE id is declared on one node only;
 * spans join two different known nodes, with ``length_km >= 0`` and ``extra_loss_db >= 0`` (default 0),
   in the bands ``C`` and/or ``O`` (default both). Parallel spans between two nodes are allowed;
-* a session joins two different nodes, each SAE declared on its own node, at ``rate_bps > 0``.
+* a session joins two different nodes, each SAE declared on its own node, at ``rate_bps > 0``. Its
+  ``service`` is ``qkd`` (default: trusted-relay QKD only, the controller's ``create-session`` as it
+  always was) or ``key`` (key over a *mixed* path: the controller may use trusted-relay QKD hops and
+  repeater segments, BBM92 between the segment's ends), with an optional ``target_fidelity`` for the
+  repeater segments' pairs (``key`` only, within [0.25, 1]);
+* a node's optional ``entanglement`` block describes its entanglement hardware. On a ``bsm-station``
+  it holds only ``detector_efficiency`` (:class:`StationSpec`; a station always has one, with the
+  defaults when the block is absent); on any other node the quantum memories (:class:`MemorySpec`:
+  ``memories``, ``coherence_time_s``, ``swap_success``, ``initial_fidelity``, ``modes``). A repeater
+  always has memories (the defaults when the block is absent); an endpoint or trusted relay has
+  memories (and so terminates entanglement) only when it has the block, ``entanglement: {}`` for the
+  defaults. The defaults are those of the controller's ``MemoryParams`` and ``StationParams``;
+* a ``bsm-station`` heralds pairs between two memory nodes: it ends at least two spans and every node
+  at their other ends has memories.
 """
 
 from __future__ import annotations
@@ -54,12 +67,17 @@ from qsdn.physics.loss import Band
 
 __all__ = [
     "KEY_ROLES",
+    "MEMORY_FIELDS",
     "ROLES",
+    "SERVICES",
     "LabNode",
     "LabSession",
     "LabSpan",
     "LabTopology",
+    "MemorySpec",
     "NodeRole",
+    "SessionService",
+    "StationSpec",
     "load_topology",
     "node_uuid",
     "parse_topology",
@@ -70,11 +88,51 @@ NodeRole = Literal["endpoint", "trusted-relay", "repeater", "bsm-station"]
 ROLES: tuple[NodeRole, ...] = get_args(NodeRole)
 #: Roles of nodes that hold key and may therefore host SAEs (and act as trusted relays).
 KEY_ROLES: frozenset[NodeRole] = frozenset(("endpoint", "trusted-relay"))
+SessionService = Literal["qkd", "key"]
+#: Session services: trusted-relay QKD only, or key over trusted relays and repeater segments.
+SERVICES: tuple[SessionService, ...] = get_args(SessionService)
 
 # An RFC 1123 host-name label cut to 32 characters: usable as a file name and a host name.
 _NAME = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,30}[A-Za-z0-9])?")
 _NAME_RULE = "1 to 32 letters, digits and '-', not starting or ending with '-'"
 _DEVICE_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(DeviceParams))
+
+
+@dataclass(frozen=True)
+class MemorySpec:
+    """The quantum memories of a node that holds entanglement (SYSTEM.md section 4).
+
+    The defaults are the controller's ``controller.model.MemoryParams`` (a plausible near-term repeater
+    node): every field can be set per node in its ``entanglement`` block.
+
+    Attributes:
+        memories: qubit memories the node offers (a repeater holds two per session it carries).
+        coherence_time_s: depolarising coherence time ``T`` of a stored qubit, seconds.
+        swap_success: probability that the node's Bell measurement (entanglement swap) succeeds.
+        initial_fidelity: fidelity of a freshly heralded elementary pair ending at the node.
+        modes: multiplexed modes per generation attempt.
+    """
+
+    memories: int = 2
+    coherence_time_s: float = 1.0
+    swap_success: float = 1.0
+    initial_fidelity: float = 0.98
+    modes: int = 1
+
+
+@dataclass(frozen=True)
+class StationSpec:
+    """A Bell-state-measurement station; the default is the controller's ``StationParams``.
+
+    Attributes:
+        detector_efficiency: efficiency of the station's single-photon detectors (0, 1].
+    """
+
+    detector_efficiency: float = 0.9
+
+
+#: The keys of a memory node's ``entanglement`` block, in the order of :class:`MemorySpec`.
+MEMORY_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(MemorySpec))
 
 
 @dataclass(frozen=True)
@@ -89,6 +147,8 @@ class LabNode:
         lat, lon: WGS 84 degrees, both or neither.
         device: the decoy-state BB84 hardware of the node.
         saes: the SAE ids (encryptors) the node's key manager serves.
+        memory: its quantum memories; ``None`` when it has none (it then never holds entanglement).
+        station: its Bell-state-measurement station (``bsm-station`` nodes only, else ``None``).
     """
 
     name: str
@@ -99,6 +159,18 @@ class LabNode:
     lon: float | None
     device: DeviceParams
     saes: tuple[str, ...]
+    memory: MemorySpec | None = None
+    station: StationSpec | None = None
+
+    @property
+    def holds_key(self) -> bool:
+        """Whether the node holds key (endpoint or trusted relay): it may host SAEs and a KME."""
+        return self.role in KEY_ROLES
+
+    @property
+    def quantum_device(self) -> bool:
+        """Whether the node has entanglement hardware (memories or a station): it needs the medium."""
+        return self.memory is not None or self.station is not None
 
 
 @dataclass(frozen=True)
@@ -115,7 +187,11 @@ class LabSpan:
 
 @dataclass(frozen=True)
 class LabSession:
-    """A key session the lab provisions: SAE ``src_sae`` on node ``src`` to ``dst_sae`` on ``dst``."""
+    """A key session the lab provisions: SAE ``src_sae`` on node ``src`` to ``dst_sae`` on ``dst``.
+
+    ``service`` ``qkd``: trusted-relay QKD only; ``key``: the controller may also use repeater segments
+    (``target_fidelity``: the fidelity their pairs need, ``None`` for the BBM92 threshold alone).
+    """
 
     name: str
     src: str
@@ -123,6 +199,8 @@ class LabSession:
     src_sae: str
     dst_sae: str
     rate_bps: int
+    service: SessionService = "qkd"
+    target_fidelity: float | None = None
 
 
 @dataclass(frozen=True)
@@ -150,6 +228,48 @@ class LabTopology:
     def spans_of(self, name: str) -> list[LabSpan]:
         """The spans that end at the node called ``name``, in file order."""
         return [s for s in self.spans if name in (s.a, s.b)]
+
+    def neighbours(self, name: str) -> list[str]:
+        """The nodes at the other end of the spans of ``name``, in span order, each once."""
+        out: list[str] = []
+        for s in self.spans_of(name):
+            other = s.b if s.a == name else s.a
+            if other not in out:
+                out.append(other)
+        return out
+
+    @property
+    def quantum_devices(self) -> tuple[LabNode, ...]:
+        """The nodes with entanglement hardware (memories or a station), in file order."""
+        return tuple(n for n in self.nodes if n.quantum_device)
+
+    @property
+    def needs_medium(self) -> bool:
+        """Whether a running lab needs the entanglement medium: it has a repeater or a BSM station."""
+        return any(n.role in ("repeater", "bsm-station") for n in self.nodes)
+
+    def segment_partners(self, name: str) -> list[str]:
+        """The key-holding nodes reachable from ``name`` through repeaters and BSM stations only.
+
+        These are the possible other ends of a repeater segment starting at ``name`` (a key link with
+        BBM92 key between the two, nothing in between holding key), in breadth-first order.
+        """
+        seen = {name}
+        queue = [name]
+        out: list[str] = []
+        while queue:
+            here = queue.pop(0)
+            for other in self.neighbours(here):
+                if other in seen:
+                    continue
+                seen.add(other)
+                node = self.node(other)
+                if node.holds_key:
+                    if here != name:  # a direct span is a QKD hop, not a repeater segment
+                        out.append(other)
+                else:
+                    queue.append(other)
+        return out
 
 
 def node_uuid(topology: str, node: str) -> str:
@@ -259,8 +379,48 @@ def _node(r: _Reader, topology: str, base_device: DeviceParams) -> LabNode:
         raise r.fail("saes", f"SAE {twice!r} is listed twice")
     if saes and role not in KEY_ROLES:
         raise r.fail("saes", f"a {role} never holds key: SAEs belong on endpoint or trusted-relay nodes")
+    memory, station = _entanglement(r, role)
     r.done()
-    return LabNode(name, role, node_id, location, lat, lon, device, tuple(saes))
+    return LabNode(name, role, node_id, location, lat, lon, device, tuple(saes), memory, station)
+
+
+def _entanglement(r: _Reader, role: str) -> tuple[MemorySpec | None, StationSpec | None]:
+    """The node's entanglement hardware from its ``entanglement`` block and its role's defaults."""
+    given = r.get("entanglement") is not None
+    e = r.sub("entanglement")
+    if role == "bsm-station":
+        for key in MEMORY_FIELDS:
+            if e.get(key) is not None:
+                raise e.fail(key, "a bsm-station has no quantum memories (only detector_efficiency)")
+        eff = _number(e, "detector_efficiency", 0.9, lo=0.0, hi=1.0)
+        if eff == 0.0:
+            raise e.fail("detector_efficiency", "must be between 0 (excluded) and 1, got 0")
+        e.done()
+        return None, StationSpec(eff)
+    if e.get("detector_efficiency") is not None:
+        raise e.fail("detector_efficiency", f"only a bsm-station has detectors, not a {role}")
+    if not given and role != "repeater":
+        e.done()
+        return None, None
+    d = MemorySpec()
+    memories = _integer(e, "memories", d.memories, lo=1)
+    coherence = _number(e, "coherence_time_s", d.coherence_time_s, lo=0.0)
+    if coherence == 0.0:
+        raise e.fail("coherence_time_s", "must be a finite number > 0 (seconds), got 0")
+    swap = _number(e, "swap_success", d.swap_success, lo=0.0, hi=1.0)
+    if swap == 0.0:
+        raise e.fail("swap_success", "must be between 0 (excluded) and 1, got 0")
+    fidelity = _number(e, "initial_fidelity", d.initial_fidelity, lo=0.25, hi=1.0)
+    modes = _integer(e, "modes", d.modes, lo=1)
+    e.done()
+    return MemorySpec(memories, coherence, swap, fidelity, modes), None
+
+
+def _integer(r: _Reader, key: str, default: int, *, lo: int, hi: int = 1_000_000) -> int:
+    v = r.get(key, default)
+    if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+        raise r.fail(key, f"must be an integer between {lo} and {hi}, got {v!r}")
+    return v
 
 
 def _span(r: _Reader, nodes: Mapping[str, LabNode]) -> LabSpan:
@@ -314,8 +474,39 @@ def _session(r: _Reader, nodes: Mapping[str, LabNode]) -> LabSession:
     rate_bps: int = r.int("rate_bps")
     if rate_bps <= 0:
         raise r.fail("rate_bps", f"must be an integer > 0, got {rate_bps}")
+    service = r.text("service", "qkd")
+    if service not in SERVICES:
+        raise r.fail("service", f"unknown service {service!r}: expected one of {', '.join(SERVICES)}")
+    target_fidelity = None
+    if r.get("target_fidelity") is not None:
+        if service != "key":
+            raise r.fail("target_fidelity", "only a key session (service: key) crosses repeaters")
+        target_fidelity = _number(r, "target_fidelity", lo=0.25, hi=1.0)
     r.done()
-    return LabSession(name, ends[0], ends[1], saes[0], saes[1], rate_bps)
+    return LabSession(name, ends[0], ends[1], saes[0], saes[1], rate_bps, service, target_fidelity)
+
+
+def _check_stations(readers: list[_Reader], topo: LabTopology) -> None:
+    """Every BSM station joins at least two spans, each to a node with quantum memories."""
+    for r, node in zip(readers, topo.nodes, strict=True):
+        if node.role != "bsm-station":
+            continue
+        r.label = f"node {node.name}"
+        neighbours = topo.neighbours(node.name)
+        if len(neighbours) < 2:
+            raise r.fail(
+                "role",
+                f"a bsm-station heralds pairs between two memory nodes: it needs spans to at least two "
+                f"nodes, it has {len(neighbours)}",
+            )
+        for other in neighbours:
+            peer = topo.node(other)
+            if peer.memory is None:
+                raise r.fail(
+                    "role",
+                    f"a bsm-station heralds pairs between memory nodes, but its neighbour {other} "
+                    f"({peer.role}) has no quantum memories (give it an entanglement block)",
+                )
 
 
 def _unique(r: _Reader, key: str, value: str, seen: dict[str, str], what: str) -> None:
@@ -369,7 +560,9 @@ def parse_topology(data: Any, source: str = "topology.yaml") -> LabTopology:
         _unique(r, "name", session.name, seen_sessions, "session name")
         sessions.append(session)
 
-    return LabTopology(name, description, tuple(nodes.values()), tuple(spans), tuple(sessions), source)
+    topo = LabTopology(name, description, tuple(nodes.values()), tuple(spans), tuple(sessions), source)
+    _check_stations(node_readers, topo)
+    return topo
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

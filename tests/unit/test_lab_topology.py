@@ -14,7 +14,14 @@ from typing import Any
 import pytest
 
 from qsdn.errors import ConfigError
-from qsdn.lab.topology import LabTopology, load_topology, node_uuid, parse_topology
+from qsdn.lab.topology import (
+    LabTopology,
+    MemorySpec,
+    StationSpec,
+    load_topology,
+    node_uuid,
+    parse_topology,
+)
 from qsdn.physics.bb84 import DeviceParams
 
 EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "labs"
@@ -51,7 +58,7 @@ def base() -> dict[str, Any]:
 # ------------------------------------------------------------------------------------------ examples
 
 
-@pytest.mark.parametrize("name", ["chain3", "metro-ring", "geant-ring"])
+@pytest.mark.parametrize("name", ["chain3", "metro-ring", "geant-ring", "repeater-chain", "mixed"])
 def test_the_examples_load(name: str) -> None:
     t = load_topology(EXAMPLES / f"{name}.yaml")
     assert t.name == name and t.description
@@ -470,3 +477,349 @@ def test_importing_the_topology_module_stays_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
     assert out.stdout.strip() == "[]"
+
+
+# ------------------------------------------------------------------------------ entanglement hardware
+
+
+def chain() -> dict[str, Any]:
+    """A - S1 - R - S2 - B: memories at the ends and the repeater, stations at the midpoints."""
+    return {
+        "name": "ch",
+        "nodes": [
+            {"name": "A", "saes": ["sae-a"], "entanglement": {"memories": 4}},
+            {"name": "S1", "role": "bsm-station"},
+            {"name": "R", "role": "repeater", "entanglement": {"coherence_time_s": 0.5, "modes": 10}},
+            {"name": "S2", "role": "bsm-station", "entanglement": {"detector_efficiency": 0.8}},
+            {"name": "B", "saes": ["sae-b"], "entanglement": {}},
+            {"name": "C", "role": "trusted-relay"},
+        ],
+        "spans": [
+            {"id": "a-s1", "a": "A", "b": "S1", "length_km": 10},
+            {"id": "s1-r", "a": "S1", "b": "R", "length_km": 10},
+            {"id": "r-s2", "a": "R", "b": "S2", "length_km": 10},
+            {"id": "s2-b", "a": "S2", "b": "B", "length_km": 10},
+            {"id": "b-c", "a": "B", "b": "C", "length_km": 10},
+        ],
+        "sessions": [
+            {
+                "name": "k",
+                "src": "A",
+                "dst": "B",
+                "src_sae": "sae-a",
+                "dst_sae": "sae-b",
+                "rate_bps": 10,
+                "service": "key",
+                "target_fidelity": 0.9,
+            }
+        ],
+    }
+
+
+def test_entanglement_blocks_and_role_defaults() -> None:
+    t = parse_topology(chain(), "ch.yaml")
+    a, s1, r, s2, b, c = t.nodes
+    assert a.memory == MemorySpec(memories=4) and a.station is None
+    assert (s1.memory, s1.station) == (None, StationSpec()), "a station always has one, defaults"
+    assert r.memory == MemorySpec(coherence_time_s=0.5, modes=10)
+    assert s2.station == StationSpec(0.8)
+    assert b.memory == MemorySpec(), "an empty block: the defaults"
+    assert (c.memory, c.station) == (None, None), "no block, no memories"
+    bare = chain()
+    del bare["nodes"][2]["entanglement"]
+    assert parse_topology(bare).node("R").memory == MemorySpec(), "a repeater always has memories"
+    assert [n.name for n in t.quantum_devices] == ["A", "S1", "R", "S2", "B"]
+    assert t.needs_medium and not parse_topology(base()).needs_medium
+    assert t.segment_partners("A") == ["B"] and t.segment_partners("B") == ["A"]
+    assert t.segment_partners("C") == [], "B is C's direct neighbour: a QKD hop, no segment"
+    (k,) = t.sessions
+    assert (k.service, k.target_fidelity) == ("key", 0.9)
+    assert parse_topology(base()).sessions[0].service == "qkd"
+
+
+def test_the_defaults_are_the_controllers() -> None:
+    from controller.model import MemoryParams, StationParams
+
+    m, st = MemorySpec(), MemoryParams()
+    assert (m.memories, m.coherence_time_s, m.swap_success, m.initial_fidelity, m.modes) == (
+        st.memories,
+        st.coherence_s,
+        st.swap_success,
+        st.initial_fidelity,
+        st.modes,
+    )
+    assert StationSpec().detector_efficiency == StationParams().detector_efficiency
+
+
+ENTANGLEMENT_NEGATIVE: list[tuple[str, Mutation, str, str | None]] = [
+    (
+        "block not a mapping",
+        _set("nodes.0.entanglement", 4),
+        "node A (nodes[0].entanglement): must be a mapping",
+        None,
+    ),
+    (
+        "unknown key",
+        _set("nodes.2.entanglement.t2", 1),
+        "node R (nodes[2].entanglement.t2): unknown key",
+        "nodes[2].entanglement.t2",
+    ),
+    (
+        "no memories",
+        _set("nodes.0.entanglement.memories", 0),
+        "node A (nodes[0].entanglement.memories): must be an integer between 1 and 1000000, got 0",
+        None,
+    ),
+    (
+        "memories not an integer",
+        _set("nodes.0.entanglement.memories", 2.5),
+        "node A (nodes[0].entanglement.memories): must be an integer",
+        None,
+    ),
+    ("modes zero", _set("nodes.2.entanglement.modes", 0), "node R (nodes[2].entanglement.modes)", None),
+    (
+        "coherence zero",
+        _set("nodes.2.entanglement.coherence_time_s", 0),
+        "node R (nodes[2].entanglement.coherence_time_s): must be a finite number > 0",
+        None,
+    ),
+    (
+        "coherence infinite",
+        _set("nodes.2.entanglement.coherence_time_s", math.inf),
+        "node R (nodes[2].entanglement.coherence_time_s): must be a finite number >= 0",
+        None,
+    ),
+    (
+        "swap success zero",
+        _set("nodes.2.entanglement.swap_success", 0),
+        "node R (nodes[2].entanglement.swap_success): must be between 0 (excluded) and 1",
+        None,
+    ),
+    (
+        "swap success above one",
+        _set("nodes.2.entanglement.swap_success", 1.5),
+        "node R (nodes[2].entanglement.swap_success): must be between 0 and 1, got 1.5",
+        None,
+    ),
+    (
+        "fidelity below a quarter",
+        _set("nodes.0.entanglement.initial_fidelity", 0.2),
+        "node A (nodes[0].entanglement.initial_fidelity): must be between 0.25 and 1, got 0.2",
+        None,
+    ),
+    (
+        "memories on a station",
+        _set("nodes.1.entanglement", {"memories": 2}),
+        "node S1 (nodes[1].entanglement.memories): a bsm-station has no quantum memories",
+        "nodes[1].entanglement.memories",
+    ),
+    (
+        "detectors on a repeater",
+        _set("nodes.2.entanglement.detector_efficiency", 0.9),
+        "node R (nodes[2].entanglement.detector_efficiency): only a bsm-station has detectors, not a repeater",
+        None,
+    ),
+    (
+        "detector efficiency zero",
+        _set("nodes.3.entanglement.detector_efficiency", 0),
+        "node S2 (nodes[3].entanglement.detector_efficiency): must be between 0 (excluded) and 1",
+        None,
+    ),
+    (
+        "station next to a node without memories",
+        _delete("nodes.0.entanglement"),
+        "node S1 (nodes[1].role): a bsm-station heralds pairs between memory nodes, but its neighbour A "
+        "(endpoint) has no quantum memories",
+        "nodes[1].role",
+    ),
+    (
+        "station at the end of one span",
+        lambda d: d["spans"].__setitem__(1, {"id": "a-r", "a": "A", "b": "R", "length_km": 20}),
+        "node S1 (nodes[1].role): a bsm-station heralds pairs between two memory nodes: it needs spans "
+        "to at least two nodes, it has 1",
+        None,
+    ),
+    (
+        "unknown service",
+        _set("sessions.0.service", "pairs"),
+        "session k (sessions[0].service): unknown service 'pairs': expected one of qkd, key",
+        "sessions[0].service",
+    ),
+    (
+        "fidelity on a qkd session",
+        _set("sessions.0.service", "qkd"),
+        "session k (sessions[0].target_fidelity): only a key session (service: key) crosses repeaters",
+        None,
+    ),
+    (
+        "fidelity out of range",
+        _set("sessions.0.target_fidelity", 1.2),
+        "session k (sessions[0].target_fidelity): must be between 0.25 and 1, got 1.2",
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("case", "mutate", "fragment", "path"), ENTANGLEMENT_NEGATIVE, ids=[c[0] for c in ENTANGLEMENT_NEGATIVE]
+)
+def test_invalid_entanglement_is_rejected_naming_the_node(
+    case: str, mutate: Mutation, fragment: str, path: str | None
+) -> None:
+    data = chain()
+    mutate(data)
+    with pytest.raises(ConfigError) as info:
+        parse_topology(data, "ch.yaml")
+    message = info.value.first.message
+    assert fragment in message, f"{case}: {message!r}"
+    assert message.startswith("ch.yaml: ")
+    if path is not None:
+        assert info.value.first.path == path
+
+
+def test_the_repeater_chain_example() -> None:
+    t = load_topology(EXAMPLES / "repeater-chain.yaml")
+    assert [(n.name, n.role) for n in t.nodes] == [
+        ("alice", "endpoint"),
+        ("st-ar", "bsm-station"),
+        ("rep", "repeater"),
+        ("st-rb", "bsm-station"),
+        ("bob", "endpoint"),
+    ]
+    assert all(n.memory is not None for n in t.nodes if n.role != "bsm-station")
+    assert [s.service for s in t.sessions] == ["key"]
+
+
+def test_the_mixed_example() -> None:
+    t = load_topology(EXAMPLES / "mixed.yaml")
+    roles = {n.role for n in t.nodes}
+    assert roles == {"endpoint", "trusted-relay", "repeater", "bsm-station"}
+    assert all(s.service == "key" for s in t.sessions) and len(t.sessions) >= 2
+
+
+# --------------------------------------------------------------------------- launcher configuration
+
+
+def _generate(tmp_path: Path, name: str) -> tuple[LabTopology, dict[str, Any]]:
+    from qsdn.lab import launcher
+
+    t = load_topology(EXAMPLES / f"{name}.yaml")
+    lab_dir = tmp_path / "lab"
+    lab_dir.mkdir()
+    for sub in launcher.GENERATED:
+        (lab_dir / sub).mkdir()
+    return t, launcher.generate(t, lab_dir, "processes", None, seed=7)
+
+
+def _validate_agent_config(path: Path) -> bool:
+    """Load a generated node.yaml as the agent does; False when the only objection is the
+    ``entanglement`` section an agent without the entanglement driver does not know yet (then the rest
+    is validated without it)."""
+    import yaml
+
+    from agent.config import load_config, parse_config
+
+    try:
+        load_config(path)
+    except ConfigError as exc:
+        if "entanglement: unknown key" not in exc.first.message:
+            raise
+        data = yaml.safe_load(path.read_text())
+        del data["entanglement"]
+        parse_config(data, str(path), base_dir=path.parent)
+        return False
+    return True
+
+
+@pytest.mark.parametrize("name", ["repeater-chain", "mixed"])
+def test_launcher_configuration_of_the_entanglement_examples(tmp_path: Path, name: str) -> None:
+    import yaml
+
+    from controller.config import load_topology as load_controller_topology
+    from controller.service import node_from_record
+
+    t, lab = _generate(tmp_path, name)
+    medium = lab["medium"]
+    assert (
+        medium["host"] == "127.0.0.1" and medium["port"] > 0 and medium["seed"] == 7 and medium["pid"] is None
+    )
+    medium_addr = {"host": medium["host"], "port": medium["port"]}
+    for entry in lab["nodes"]:
+        node = t.node(entry["name"])
+        cfg = yaml.safe_load(Path(entry["config"]).read_text())
+        if node.holds_key:
+            assert entry["kme_url"] and "kme" in cfg
+            peers = {p["kme_id"] for p in cfg["kme"]["peers"].values()}
+            assert all(t.node(p).holds_key for p in peers), "KMEs talk to key-holding nodes only"
+        else:
+            assert entry["kme_url"] is None and "kme" not in cfg, f"{node.name}: a {node.role} has no KME"
+            assert entry["saes"] == []
+        if node.quantum_device:
+            assert cfg["entanglement"] == {"medium": medium_addr}
+            assert entry["entanglement"]["medium"] == f"{medium['host']}:{medium['port']}"
+        else:
+            assert "entanglement" not in cfg and entry["entanglement"] is None
+        # the agent accepts what the lab wrote (the entanglement section once it knows it)
+        assert _validate_agent_config(Path(entry["config"])) or node.quantum_device
+    # The ends of a repeater segment are each other's KME peers although no span joins them.
+    ends = [("alice", "bob")] if name == "repeater-chain" else [("ams", "ehv")]
+    for x, y in ends:
+        cfg = yaml.safe_load(Path(next(n for n in lab["nodes"] if n["name"] == x)["config"]).read_text())
+        assert t.node(y).node_id in cfg["kme"]["peers"]
+    # The controller's topology: real roles, entanglement parameters, nothing trusted but key holders.
+    records, spans = load_controller_topology(Path(lab["dir"]) / "controller" / "topology.yaml")
+    assert len(spans) == len(t.spans)
+    for rec in records:
+        node = t.node(rec.name)
+        model = node_from_record(rec)
+        expected_role = {"trusted-relay": "relay"}.get(node.role, node.role)
+        assert (model.role, model.trusted) == (expected_role, node.holds_key)
+        if node.memory is not None:
+            assert model.memory is not None and model.memory.memories == node.memory.memories
+            assert model.memory.swap_success == node.memory.swap_success
+            assert model.memory.coherence_s == node.memory.coherence_time_s
+        else:
+            assert model.memory is None
+        if node.station is not None:
+            assert model.station is not None
+            assert model.station.detector_efficiency == node.station.detector_efficiency
+    assert [s["service"] for s in lab["sessions"]] == [s.service for s in t.sessions]
+
+
+def test_launcher_configuration_without_repeaters_has_no_medium(tmp_path: Path) -> None:
+    import yaml
+
+    _, lab = _generate(tmp_path, "chain3")
+    assert lab["medium"] is None
+    for entry in lab["nodes"]:
+        cfg = yaml.safe_load(Path(entry["config"]).read_text())
+        assert "entanglement" not in cfg and "kme" in cfg
+    topo = yaml.safe_load((Path(lab["dir"]) / "controller" / "topology.yaml").read_text())
+    assert {n["name"]: n["role"] for n in topo["nodes"]} == {
+        "alice": "endpoint",
+        "relay": "relay",
+        "bob": "endpoint",
+    }
+    assert all("entanglement" not in n for n in topo["nodes"])
+
+
+def test_netns_entanglement_labs_are_refused_with_a_reason() -> None:
+    from qsdn.lab.launcher import entanglement_unsupported_reason
+
+    t = load_topology(EXAMPLES / "repeater-chain.yaml")
+    reason = entanglement_unsupported_reason(t, "netns")
+    assert reason is not None and "--mode netns does not run entanglement labs yet" in reason
+    assert "st-ar" in reason and "rep" in reason
+    assert entanglement_unsupported_reason(load_topology(EXAMPLES / "chain3.yaml"), "netns") is None
+
+
+def test_the_medium_check_names_the_missing_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    from qsdn.lab import launcher
+
+    class Done:
+        returncode = 2
+        stdout = b""
+
+    monkeypatch.setattr("subprocess.run", lambda *a, **k: Done())
+    reason = launcher.medium_unavailable_reason()
+    assert reason is not None and reason.startswith("medium service not available")

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from rich.console import Console
 
 from controller.model import Span
@@ -107,7 +108,7 @@ def test_green_uses_the_o_band_orange_the_c_band_and_rates_follow_the_bb84_model
 def test_the_weaker_end_device_is_used() -> None:
     good = {"eta_det": 0.6, "dark_count": 1e-7}
     for better_end, weaker in (("A", "B"), ("B", "A")):
-        data = {
+        data: dict[str, Any] = {
             "name": "pair",
             "nodes": [{"name": "A"}, {"name": "B"}],
             "spans": [{"id": "a-b", "a": "A", "b": "B", "length_km": 80}],
@@ -231,7 +232,7 @@ def test_a_session_without_a_path_is_reported_not_raised() -> None:
 
 # ------------------------------------------------------------------------------------------ JSON
 
-SPAN_KEYS = {
+SPAN_KEYS: dict[str, type | tuple[type, ...]] = {
     "span_id": str,
     "a": str,
     "b": str,
@@ -297,7 +298,12 @@ def test_json_schema_and_numbers() -> None:
         "spans",
         "bottleneck_bps",
         "reason",
+        "service",
+        "trusted_relays",
+        "segments",
     }
+    assert london_geneva["service"] == "qkd" and london_geneva["segments"] == []
+    assert london_geneva["trusted_relays"] == london_geneva["path"][1:-1]
     assert (
         london_geneva["admitted"]
         and london_geneva["path"][0] == "London"
@@ -421,3 +427,72 @@ def test_qsdn_plan_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     bad.write_text("name: bad\nnodes: [{name: A, role: router}]\n", encoding="utf-8")
     assert cli.main(["plan", str(bad)]) == 2
     assert "node A (nodes[0].role): unknown role 'router'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------------- repeaters, mixed paths
+
+
+def test_the_repeater_chain_plans_one_repeater_segment() -> None:
+    t = load_topology(EXAMPLES / "repeater-chain.yaml")
+    model = controller_topology(t)
+    rep, station = model.nodes[t.node("rep").node_id], model.nodes[t.node("st-ar").node_id]
+    assert (rep.role, rep.trusted, rep.memory is not None) == ("repeater", False, True)
+    assert (station.role, station.trusted, station.memory) == ("bsm-station", False, None)
+    assert model.nodes[t.node("st-rb").node_id].station is not None
+    assert model.nodes[t.node("st-rb").node_id].station.detector_efficiency == 0.85  # type: ignore[union-attr]
+    (s,) = build_plan(t).sessions
+    assert s.admitted and s.service == "key" and s.trusted_relays == ()
+    (g,) = s.segments
+    assert g.technology == "entanglement" and g.repeaters == ("rep",) and g.stations == ("st-ar", "st-rb")
+    assert g.nodes == ("alice", "st-ar", "rep", "st-rb", "bob")
+    assert g.fidelity is not None and g.fidelity >= 0.9, "the session's target fidelity"
+    assert s.bottleneck_bps == pytest.approx(g.key_rate_bps) and s.bottleneck_bps >= s.rate_bps
+
+
+def test_the_mixed_example_picks_relays_repeaters_and_both() -> None:
+    report = build_plan(load_topology(EXAMPLES / "mixed.yaml"))
+    by_name = {s.name: s for s in report.sessions}
+    assert all(s.admitted and s.service == "key" for s in report.sessions)
+    # Relays only: two QKD hops through Leiden.
+    relays = by_name["ams-rtm"]
+    assert [g.technology for g in relays.segments] == ["qkd", "qkd"] and relays.trusted_relays == ("ldn",)
+    # Repeaters only: the direct span is red and no trusted site lies on the southern route.
+    repeaters = by_name["ams-ehv"]
+    assert [g.technology for g in repeaters.segments] == ["entanglement"]
+    assert repeaters.trusted_relays == () and repeaters.segments[0].repeaters == ("rep",)
+    # Both: QKD to Amsterdam (a trusted endpoint relays), then the repeater segment.
+    mixed = by_name["rtm-ehv"]
+    assert [g.technology for g in mixed.segments] == ["qkd", "qkd", "entanglement"]
+    assert mixed.path == ("rtm", "ldn", "ams", "st-1", "rep", "st-2", "ehv")
+    assert mixed.trusted_relays == ("ldn", "ams")
+
+
+def test_repeater_segments_in_json_and_table() -> None:
+    report = build_plan(load_topology(EXAMPLES / "mixed.yaml"))
+    doc = json.loads(json.dumps(plan_json(report)))
+    seg = next(s for s in doc["sessions"] if s["name"] == "ams-ehv")["segments"][0]
+    assert seg["technology"] == "entanglement" and seg["repeaters"] == ["rep"]
+    assert seg["stations"] == ["st-1", "st-2"] and seg["spans"] == [
+        "ams-st1",
+        "st1-rep",
+        "rep-st2",
+        "st2-ehv",
+    ]
+    assert seg["swap_order"] in ("asap", "nested", "sequential") and 0.835 < seg["fidelity"] <= 1
+    assert seg["pair_rate_hz"] > 0 and seg["key_rate_bps"] > 0
+    console = Console(record=True, width=200)
+    render_table(report, console)
+    text = console.export_text()
+    assert "rtm > ldn > ams =rep= ehv" in text and "ams > ldn > rtm" in text
+    assert "Repeater segments" in text and "st-1, st-2" in text
+
+
+def test_a_key_session_beyond_the_memories_is_rejected_not_raised() -> None:
+    doc = yaml.safe_load((EXAMPLES / "repeater-chain.yaml").read_text())
+    doc["nodes"][2]["entanglement"]["memories"] = 2  # one session's worth at the repeater
+    second = dict(doc["sessions"][0], name="again")
+    doc["sessions"].append(second)
+    report = build_plan(parse_topology(doc))
+    first, again = report.sessions
+    assert first.admitted and not again.admitted and again.reason
+    assert again.service == "key"
