@@ -870,18 +870,24 @@ async def test_if_unmodified_since(client: Client) -> None:
 # ------------------------------------------------------------------------------------------------
 # Operations
 # ------------------------------------------------------------------------------------------------
+#: The orchestrator module's operations, in schema order (RFC 8040 section 3.3.2 lists every rpc).
+OPERATIONS = (
+    "compute-path",
+    "create-session",
+    "delete-session",
+    "get-node-data",
+    "compute-entanglement-path",
+)
+
+
 async def test_operations_listing(client: Client) -> None:
     resp = await client.get("/restconf/operations")
     ops = (await resp.json(content_type=JSON))["ietf-restconf:operations"]
-    assert ops == {
-        f"{ORCH}:{n}": [None] for n in ("compute-path", "create-session", "delete-session", "get-node-data")
-    }
+    assert ops == {f"{ORCH}:{n}": [None] for n in OPERATIONS}
     resp = await client.get("/restconf/operations", headers={"Accept": XML})
     doc = etree.fromstring((await resp.text()).encode())
     assert doc.tag == f"{{{RC_NS}}}operations"
-    assert [c.tag for c in doc] == [
-        f"{{{NS}}}{n}" for n in ("compute-path", "create-session", "delete-session", "get-node-data")
-    ]
+    assert [c.tag for c in doc] == [f"{{{NS}}}{n}" for n in OPERATIONS]
 
 
 async def test_invoke_json(client: Client) -> None:
