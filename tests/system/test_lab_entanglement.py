@@ -17,8 +17,7 @@ import pytest
 
 from qsdn.lab import launcher
 from qsdn.lab.topology import load_topology
-
-from .test_lab import alive, down_and_check, lab, network, sessions_by_name
+from tests.system.test_lab import alive, down_and_check, lab, network, sessions_by_name
 
 pytestmark = pytest.mark.system
 
