@@ -15,9 +15,13 @@ ids that sort in generation order (the emulated driver does) so that the oldest 
 Ranges consumed out of order: the far end of a link does not choose what it consumes; it is told which
 ranges the near end took (:meth:`KeyStore.consume_ranges`), and concurrent requests may announce them in
 any order. A block therefore has a *frontier* (``consumed_bits``: every bit before it is consumed) and, in
-the ``taken`` table, the ranges consumed beyond the frontier. A range that joins the frontier moves it
-forward. :meth:`KeyStore.consume` skips taken ranges, so both kinds of consumption mix safely; when only
-:meth:`KeyStore.consume` is used the table stays empty and the behaviour is the prefix order above.
+the ``taken`` table, the ranges consumed beyond the frontier, adjacent ones merged into one row.
+:meth:`KeyStore.consume` skips taken ranges, so both kinds of consumption mix safely. Consumption only
+writes ``taken`` (one small row per request, usually an update of the block's first range) until the
+block's last bit is consumed: then ``consumed_bits`` becomes ``bits`` and the key is erased. The block's
+own row, which holds its key (up to 64 KiB), is not rewritten for every request, and a request's bits
+are read from it with incremental blob I/O (so ``blocks`` is a rowid table, schema version 2; version 1
+stores are upgraded when opened).
 
 Batches: :meth:`KeyStore.batch` runs several operations, and statements on tables of the caller's own
 (the ETSI 014 KME keeps its key records next to the blocks), in one transaction, so that consuming key
@@ -60,10 +64,12 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS blocks (
+#: Version 2 made ``blocks`` a rowid table (version 1: ``WITHOUT ROWID``), so that a request's bits are
+#: read from a block's key with incremental blob I/O, and moving its frontier does not copy its key: a
+#: block is up to 64 KiB, a request often 256 bits.
+_BLOCKS = """CREATE TABLE IF NOT EXISTS blocks (
     qkdl_id       TEXT    NOT NULL,
     block_id      TEXT    NOT NULL,
     bits          INTEGER NOT NULL CHECK (bits > 0),
@@ -71,7 +77,20 @@ CREATE TABLE IF NOT EXISTS blocks (
     key           BLOB,
     added_at      REAL    NOT NULL,
     PRIMARY KEY (qkdl_id, block_id)
-) WITHOUT ROWID;
+)"""
+
+_MIGRATE_1_TO_2 = (
+    "ALTER TABLE blocks RENAME TO blocks_v1",
+    "DROP INDEX IF EXISTS blocks_live",
+    _BLOCKS,
+    "INSERT INTO blocks (qkdl_id, block_id, bits, consumed_bits, key, added_at)"
+    " SELECT qkdl_id, block_id, bits, consumed_bits, key, added_at FROM blocks_v1 ORDER BY qkdl_id, block_id",
+    "DROP TABLE blocks_v1",  # secure_delete overwrites its pages
+)
+
+_SCHEMA = (
+    _BLOCKS
+    + """;
 CREATE TABLE IF NOT EXISTS accounting (
     id          INTEGER PRIMARY KEY AUTOINCREMENT,
     qkdl_id     TEXT    NOT NULL,
@@ -94,6 +113,7 @@ CREATE TABLE IF NOT EXISTS taken (
     PRIMARY KEY (qkdl_id, block_id, offset_bits)
 ) WITHOUT ROWID;
 """
+)
 
 
 class MissingBlockError(KeyStoreError):
@@ -227,15 +247,13 @@ class KeyStoreBatch:
             out.setdefault(str(b), []).append((int(off), int(n)))
         return out
 
-    def _bits(self, qkdl_id: str, block_id: str, offset_bits: int, nbits: int) -> int:
-        """Bits of a stored block, reading only the bytes that hold them."""
+    def _bits(self, rowid: int, offset_bits: int, nbits: int) -> int:
+        """Bits of the stored block in row ``rowid``, reading only the bytes that hold them."""
         first = offset_bits // 8
         nbytes = (offset_bits % 8 + nbits + 7) // 8
-        row = self._conn.execute(
-            "SELECT substr(key, ?, ?) FROM blocks WHERE qkdl_id = ? AND block_id = ?",
-            (first + 1, nbytes, qkdl_id, block_id),
-        ).fetchone()
-        chunk = bytes(row[0])
+        with self._conn.blobopen("blocks", "key", rowid, readonly=True) as blob:
+            blob.seek(first)
+            chunk = blob.read(nbytes)
         return _extract_bits(chunk, offset_bits % 8, nbits)
 
     def _mark(
@@ -247,16 +265,17 @@ class KeyStoreBatch:
         existing: Sequence[tuple[int, int]],
         new: Sequence[tuple[int, int]],
     ) -> None:
-        """Record ``new`` ranges of a block as consumed: move the frontier, keep the rest in ``taken``."""
-        pos = frontier
-        beyond: list[tuple[int, int]] = []
+        """Record ``new`` ranges of a block as consumed, in ``taken`` with adjacent ranges merged (one
+        small row to update per request; the block's own row, which holds its key, is written only when
+        the block is used up)."""
+        merged: list[tuple[int, int]] = []
         for off, n in sorted([*existing, *new]):
-            if off == pos:
-                pos += n
+            if merged and merged[-1][0] + merged[-1][1] == off:
+                merged[-1] = (merged[-1][0], merged[-1][1] + n)
             else:
-                beyond.append((off, n))
+                merged.append((off, n))
         conn = self._conn
-        if pos == bits:
+        if merged == [(frontier, bits - frontier)]:
             conn.execute(
                 "UPDATE blocks SET consumed_bits = bits, key = NULL WHERE qkdl_id = ? AND block_id = ?",
                 (qkdl_id, block_id),
@@ -264,21 +283,25 @@ class KeyStoreBatch:
             if existing:
                 conn.execute("DELETE FROM taken WHERE qkdl_id = ? AND block_id = ?", (qkdl_id, block_id))
             return
-        if pos != frontier:
-            conn.execute(
-                "UPDATE blocks SET consumed_bits = ? WHERE qkdl_id = ? AND block_id = ?",
-                (pos, qkdl_id, block_id),
-            )
-            if any(off < pos for off, _ in existing):
+        have = dict(existing)
+        keep = dict(merged)
+        for off, n in merged:
+            if off not in have:
                 conn.execute(
-                    "DELETE FROM taken WHERE qkdl_id = ? AND block_id = ? AND offset_bits < ?",
-                    (qkdl_id, block_id, pos),
+                    "INSERT INTO taken (qkdl_id, block_id, offset_bits, nbits) VALUES (?, ?, ?, ?)",
+                    (qkdl_id, block_id, off, n),
                 )
-        have = set(existing)
-        conn.executemany(
-            "INSERT INTO taken (qkdl_id, block_id, offset_bits, nbits) VALUES (?, ?, ?, ?)",
-            [(qkdl_id, block_id, off, n) for off, n in beyond if (off, n) not in have],
-        )
+            elif have[off] != n:
+                conn.execute(
+                    "UPDATE taken SET nbits = ? WHERE qkdl_id = ? AND block_id = ? AND offset_bits = ?",
+                    (n, qkdl_id, block_id, off),
+                )
+        for off in have:
+            if off not in keep:
+                conn.execute(
+                    "DELETE FROM taken WHERE qkdl_id = ? AND block_id = ? AND offset_bits = ?",
+                    (qkdl_id, block_id, off),
+                )
 
     def _account(self, qkdl_id: str, ranges: Sequence[KeyRange], kind: str, consumer: str) -> None:
         self._conn.executemany(
@@ -292,15 +315,15 @@ class KeyStoreBatch:
         _check_id("qkdl_id", qkdl_id)
         _check_nbits(qkdl_id, nbits)
         taken = self._taken(qkdl_id)
-        plan: list[tuple[str, int, int, list[tuple[int, int]]]] = []
+        plan: list[tuple[int, str, int, int, list[tuple[int, int]]]] = []
         remaining = nbits
         cur = self._conn.execute(
-            "SELECT block_id, bits, consumed_bits FROM blocks"
+            "SELECT rowid, block_id, bits, consumed_bits FROM blocks"
             " WHERE qkdl_id = ? AND key IS NOT NULL ORDER BY block_id",
             (qkdl_id,),
         )
         try:
-            for block_id, bits, used in cur:
+            for rowid, block_id, bits, used in cur:
                 take: list[tuple[int, int]] = []
                 for off, n in _free_intervals(bits, used, taken.get(block_id, ())):
                     t = min(n, remaining)
@@ -309,7 +332,7 @@ class KeyStoreBatch:
                     if remaining == 0:
                         break
                 if take:
-                    plan.append((str(block_id), int(bits), int(used), take))
+                    plan.append((int(rowid), str(block_id), int(bits), int(used), take))
                 if remaining == 0:
                     break
         finally:
@@ -320,9 +343,9 @@ class KeyStoreBatch:
             )
         ranges: list[KeyRange] = []
         acc = 0
-        for block_id, bits, used, take in plan:
+        for rowid, block_id, bits, used, take in plan:
             for off, n in take:
-                acc = (acc << n) | self._bits(qkdl_id, block_id, off, n)
+                acc = (acc << n) | self._bits(rowid, off, n)
                 ranges.append(KeyRange(block_id, off, n))
             self._mark(qkdl_id, block_id, bits, used, taken.get(block_id, ()), take)
         self._account(qkdl_id, ranges, "consumed", consumer)
@@ -344,14 +367,17 @@ class KeyStoreBatch:
             _check_nbits(qkdl_id, r.nbits)
             wanted.setdefault(r.block_id, []).append((r.offset_bits, r.nbits))
         blocks: dict[str, tuple[int, int, list[tuple[int, int]]]] = {}
+        rowids: dict[str, int] = {}
         for block_id, spans in wanted.items():
             row = self._conn.execute(
-                "SELECT bits, consumed_bits, key IS NULL FROM blocks WHERE qkdl_id = ? AND block_id = ?",
+                "SELECT bits, consumed_bits, length(key) IS NULL, rowid FROM blocks"
+                " WHERE qkdl_id = ? AND block_id = ?",
                 (qkdl_id, block_id),
             ).fetchone()
             if row is None:
                 raise MissingBlockError(f"link {qkdl_id}: block {block_id} is not in this key store")
             bits, frontier, used_up = int(row[0]), int(row[1]), bool(row[2])
+            rowids[block_id] = int(row[3])
             if used_up:
                 raise RangeConflictError(f"link {qkdl_id}: block {block_id} is already used up")
             existing = self._taken(qkdl_id, block_id).get(block_id, [])
@@ -376,7 +402,7 @@ class KeyStoreBatch:
         norm: list[KeyRange] = []
         for r in ranges:
             block_id, off, n = r[0], r[1], r[2]
-            acc = (acc << n) | self._bits(qkdl_id, block_id, off, n)
+            acc = (acc << n) | self._bits(rowids[block_id], off, n)
             nbits += n
             norm.append(KeyRange(block_id, off, n))
         for block_id, (bits, frontier, existing) in blocks.items():
@@ -443,13 +469,26 @@ class KeyStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=FULL")
             conn.execute("PRAGMA secure_delete=ON")
-            version = int(conn.execute("PRAGMA user_version").fetchone()[0])
-            if version not in (0, _SCHEMA_VERSION):
-                raise KeyStoreError(
-                    f"key store {self._path} has schema version {version}, expected {_SCHEMA_VERSION}"
-                )
-            conn.executescript(_SCHEMA)
-            conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+                if version not in (0, 1, _SCHEMA_VERSION):
+                    raise KeyStoreError(
+                        f"key store {self._path} has schema version {version}, expected {_SCHEMA_VERSION}"
+                    )
+                if version == 1:
+                    for sql in _MIGRATE_1_TO_2:
+                        conn.execute(sql)
+                    logger.info("key store %s: schema upgraded from version 1 to 2", self._path)
+                for sql in _SCHEMA.split(";"):
+                    if sql.strip():
+                        conn.execute(sql)
+                conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+                conn.execute("COMMIT")
+            except BaseException:
+                with suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
+                raise
         except sqlite3.Error as exc:
             conn.close()
             self._conn = None
