@@ -410,6 +410,7 @@ class PeerChannel:
         if self._session is not None:
             session, self._session = self._session, None
             await session.close()
+        log.info("KME peer channel: %d op(s) sent in %d batch(es)", self.ops_sent, self.batches_sent)
 
     async def send(self, peer: KmePeerConfig, msg: Any, *, timeout_s: float | None = None) -> dict[str, Any]:
         """Send one op (anything with ``body()``); its result payload (status 200), or

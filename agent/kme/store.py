@@ -42,8 +42,10 @@ Link key consumed for a request is recorded in the key store's accounting with t
 (:meth:`agent.keystore.KeyStore.discard_consumed`), never silently lost.
 
 Group commit: every operation is a function of a :class:`~agent.keystore.KeyStoreBatch`. Operations
-queued during one turn of the event loop run together, on the loop thread, in one transaction, each in
-its own savepoint (an operation that raises is rolled back alone); the COMMIT then runs in a commit
+queued during one turn of the event loop run together, on the loop thread, in one transaction; if one
+of them raises, the transaction is rolled back and they run again, each in its own savepoint, so that
+only the failing one is undone (savepoints cost two statements per operation, so they are taken only
+then: operations act on the batch only and may run twice); the COMMIT then runs in a commit
 thread, so its fsync never blocks the loop, while the operations queued meanwhile wait for the next
 transaction. An operation's result is released only when its transaction is on disk. The KME has its
 own SQLite connection, ``synchronous=FULL`` like the key store's: consumption is on disk before any
@@ -274,6 +276,8 @@ def _settle(fut: asyncio.Future[Any], result: Any, exc: BaseException | None) ->
 class _Op(Generic[T]):
     fn: Callable[[KeyStoreBatch], T]
     future: asyncio.Future[T]
+    #: several operations (:meth:`KmeStore.call_many`): rerun carefully even when alone
+    many: bool = False
 
 
 class KmeStore:
@@ -286,6 +290,8 @@ class KmeStore:
         self._pending: list[_Op[Any]] = []
         self._scheduled = False
         self._committing: asyncio.Task[None] | None = None
+        #: operations run each in its own savepoint (after one of the transaction's raised)
+        self._careful = False
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self.commits = 0
         self.operations = 0
@@ -323,13 +329,18 @@ class KmeStore:
         log.info("%s: %d operation(s) in %d transaction(s)", self.name, self.operations, self.commits)
 
     async def call(self, fn: Callable[[KeyStoreBatch], T], what: str) -> T:
-        """Run ``fn`` in the next transaction (all or nothing, in its own savepoint) and return its
-        result once that transaction is on disk. ``what`` names the work in logs."""
+        """Run ``fn`` in the next transaction (all or nothing on its own) and return its result once
+        that transaction is on disk. ``what`` names the work in logs. ``fn`` must act on the batch only:
+        when an operation of the transaction raises, the transaction is rolled back and every operation
+        runs again, each in its own savepoint (see :meth:`_flush`)."""
+        return await self._queue(fn, many=False)
+
+    async def _queue(self, fn: Callable[[KeyStoreBatch], T], *, many: bool) -> T:
         if self._ks is None:
             raise KmeError(503, "the KME is stopping")
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[T] = loop.create_future()
-        self._pending.append(_Op(fn, fut))
+        self._pending.append(_Op(fn, fut, many))
         if not self._scheduled and self._committing is None:
             self._scheduled = True
             loop.call_soon(self._flush)
@@ -340,6 +351,8 @@ class KmeStore:
         or the exception it raised."""
 
         def op(b: KeyStoreBatch) -> list[Any]:
+            if not self._careful:  # see _flush: a failure runs the transaction again, carefully
+                return [fn(b) for fn in fns]
             out: list[Any] = []
             for fn in fns:
                 try:
@@ -349,7 +362,7 @@ class KmeStore:
                     out.append(exc)
             return out
 
-        return await self.call(op, what)
+        return await self._queue(op, many=True)
 
     # --- group commit -----------------------------------------------------------------------------
     def _flush(self) -> None:
@@ -361,30 +374,42 @@ class KmeStore:
         if self._committing is not None or not self._pending or ks is None:
             return
         ops, self._pending = self._pending, []
-        results: list[tuple[_Op[Any], Any, BaseException | None]] = []
+        what = f"{self.name}: {len(ops)} operation(s)"
         try:
-            b = ks.begin(f"{self.name}: {len(ops)} operation(s)")
+            b = ks.begin(what)
         except KeyStoreError as exc:
             for op in ops:
                 _settle(op.future, None, exc)
             return
-        if len(ops) == 1:  # alone in its transaction: no savepoint needed
-            try:
-                results.append((ops[0], ops[0].fn(b), None))
-            except Exception as exc:
-                with contextlib.suppress(KeyStoreError):
-                    ks.rollback()
+        results: list[tuple[_Op[Any], Any, BaseException | None]]
+        try:  # optimistic: no savepoints (two statements per operation) while nothing fails
+            results = [(op, op.fn(b), None) for op in ops]
+        except Exception as exc:
+            with contextlib.suppress(KeyStoreError):
+                ks.rollback()
+            if len(ops) == 1 and not ops[0].many:
                 _settle(ops[0].future, None, exc)
                 self._after_commit()
                 return
-        else:
-            for op in ops:
-                try:
-                    with b.savepoint():
-                        r = op.fn(b)
-                    results.append((op, r, None))
-                except Exception as exc:
-                    results.append((op, None, exc))
+            # run them again, each in its own savepoint, so that the failing one is rolled back alone
+            try:
+                b = ks.begin(what)
+            except KeyStoreError as exc2:
+                for op in ops:
+                    _settle(op.future, None, exc2)
+                return
+            self._careful = True
+            try:
+                results = []
+                for op in ops:
+                    try:
+                        with b.savepoint():
+                            r = op.fn(b)
+                        results.append((op, r, None))
+                    except Exception as exc3:
+                        results.append((op, None, exc3))
+            finally:
+                self._careful = False
         # The COMMIT starts in the commit thread now, not when a task gets its turn: the transaction
         # holds the database's write lock, and a callback that runs on the loop meanwhile and writes to
         # the key store (the QKD driver storing a block) would otherwise wait on that lock with the loop
