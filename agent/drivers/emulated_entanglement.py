@@ -63,7 +63,7 @@ from enum import Enum, StrEnum
 from typing import Protocol
 
 from agent.drivers.clock import Clock, TimerHandle
-from agent.drivers.quantum_medium import Basis, Herald, NodePort, PurificationProtocol
+from agent.drivers.quantum_medium import Basis, BsmResult, HardwarePort, Herald, PurificationProtocol
 from qsdn.errors import ConfigError, DriverError
 from qsdn.physics.entanglement import FIBRE_LIGHT_SPEED_M_S
 
@@ -80,6 +80,7 @@ __all__ = [
     "RepeaterNode",
     "RepeaterStats",
     "RoundSync",
+    "SlotController",
     "SwapOrder",
     "SwapOutcome",
     "SwapRecords",
@@ -258,6 +259,14 @@ class SwapRecords:
         self._discarded.discard(label)
 
 
+class SlotController(Protocol):
+    """What the nodes of ``generation="rounds"`` need: report round outcomes, be told of new rounds."""
+
+    def attach(self, new_round: Callable[[int], None]) -> None: ...
+
+    def report(self, node: str, round_no: int, ok: bool) -> None: ...
+
+
 class RoundSync:
     """The ideal slot controller of ``generation="rounds"``: knows only swapped / failed / discarded."""
 
@@ -312,12 +321,12 @@ class _NodeBase:
         self,
         name: str,
         layout: ChainLayout,
-        port: NodePort,
+        port: HardwarePort,
         channel: ClassicalChannel,
         clock: Clock,
         memories: int,
         generation: Generation,
-        rounds: RoundSync | None,
+        rounds: SlotController | None,
     ) -> None:
         if memories < 1:
             raise ConfigError(f"node {name}: needs at least one memory per hop")
@@ -340,6 +349,7 @@ class _NodeBase:
         for side in self._hops:
             self._free[side] = list(range(slot + memories - 1, slot - 1, -1))
             slot += memories
+        self._slots_total = slot
         self._made_this_round: set[_Side] = set()
         self.elementary_pairs = 0
         if rounds is not None:
@@ -348,6 +358,10 @@ class _NodeBase:
     def start(self) -> None:
         for side in self._hops:
             self._request(side)
+
+    def slots_in_use(self) -> int:
+        """Memory slots that hold a qubit, await a measurement result or are offered to a hop."""
+        return self._slots_total - sum(len(free) for free in self._free.values())
 
     def _side_of(self, hop: int) -> _Side:
         return _Side.LEFT if self._hops.get(_Side.LEFT) == hop else _Side.RIGHT
@@ -406,7 +420,7 @@ class RepeaterNode(_NodeBase):
         self,
         name: str,
         layout: ChainLayout,
-        port: NodePort,
+        port: HardwarePort,
         channel: ClassicalChannel,
         clock: Clock,
         *,
@@ -414,7 +428,7 @@ class RepeaterNode(_NodeBase):
         swap_order: SwapOrder = SwapOrder.ASAP,
         cutoff_s: float | None = None,
         generation: Generation = Generation.ROUNDS,
-        rounds: RoundSync | None = None,
+        rounds: SlotController | None = None,
     ) -> None:
         super().__init__(name, layout, port, channel, clock, memories, generation, rounds)
         if not 0 < self._index < layout.hops:
@@ -492,25 +506,27 @@ class RepeaterNode(_NodeBase):
             for h in (left, right):
                 if h.cutoff is not None:
                     h.cutoff.cancel()
-            result = self._port.bell_measure(left.slot, right.slot)
-            self._records.forget(left.label, False, self._targets[0])
-            self._records.forget(right.label, True, self._targets[1])
-            self.stats.swaps += 1
-            if not result.ok:
-                self.stats.swap_failures += 1
-            logger.debug(
-                "repeater %s: swapped %s with %s ok=%s", self.name, left.label, right.label, result.ok
+            self._port.bell_measure_then(
+                left.slot, right.slot, functools.partial(self._swapped, left, right, self._round)
             )
-            self._announce(
-                SwapOutcome(self.name, left.label, right.label, result.ok, result.bits), self._audience
-            )
-            self._release(_Side.LEFT, left.slot)
-            self._release(_Side.RIGHT, right.slot)
-            self._report(result.ok)
 
-    def _report(self, ok: bool) -> None:
+    def _swapped(self, left: _Held, right: _Held, round_no: int, result: BsmResult) -> None:
+        self._records.forget(left.label, False, self._targets[0])
+        self._records.forget(right.label, True, self._targets[1])
+        self.stats.swaps += 1
+        if not result.ok:
+            self.stats.swap_failures += 1
+        logger.debug("repeater %s: swapped %s with %s ok=%s", self.name, left.label, right.label, result.ok)
+        self._announce(
+            SwapOutcome(self.name, left.label, right.label, result.ok, result.bits), self._audience
+        )
+        self._release(_Side.LEFT, left.slot)
+        self._release(_Side.RIGHT, right.slot)
+        self._report(result.ok, round_no)
+
+    def _report(self, ok: bool, round_no: int | None = None) -> None:
         if self._rounds is not None:
-            self._rounds.report(self.name, self._round, ok)
+            self._rounds.report(self.name, self._round if round_no is None else round_no, ok)
 
     def _new_round(self, round_no: int) -> None:
         for side, queue in self._waiting.items():
@@ -539,12 +555,21 @@ class DeliveredPair:
         self.delivered_s = delivered_s
 
     def measure(self, basis: Basis) -> int:
+        """Measure in ``basis`` and return the outcome (hardware that answers at once only)."""
+        got: list[int] = []
+        self.measure_then(basis, got.append)
+        if not got:
+            raise DriverError(f"pair {self.pair_id}: this hardware answers later, use measure_then")
+        return got[0]
+
+    def measure_then(self, basis: Basis, done: Callable[[int], None]) -> None:
+        """Measure in ``basis``; the outcome goes to ``done`` when the hardware gives it."""
         node = self._take()
-        return node._consume(self.slot, basis)
+        node._consume_then(self.slot, basis, done)
 
     def release(self) -> None:
         node = self._take()
-        node._consume(self.slot, None)
+        node._consume_then(self.slot, None, lambda _: None)
 
     def _take(self) -> EndNode:
         if self._node is None:
@@ -569,7 +594,7 @@ class EndNode(_NodeBase):
         self,
         name: str,
         layout: ChainLayout,
-        port: NodePort,
+        port: HardwarePort,
         channel: ClassicalChannel,
         clock: Clock,
         *,
@@ -577,7 +602,7 @@ class EndNode(_NodeBase):
         purification: PurificationProtocol | None = None,
         purification_rounds: int = 0,
         generation: Generation = Generation.ROUNDS,
-        rounds: RoundSync | None = None,
+        rounds: SlotController | None = None,
     ) -> None:
         super().__init__(name, layout, port, channel, clock, memories, generation, rounds)
         if 0 < self._index < layout.hops:
@@ -681,10 +706,20 @@ class EndNode(_NodeBase):
         if len(queue) >= 2:
             keep, sacrifice = queue.pop(0), queue.pop(0)
             assert self._protocol is not None
-            bit = self._port.purify_local(self._pairs[keep][0], self._pairs[sacrifice][0], self._protocol)
-            self._release(self._side, self._pairs.pop(sacrifice)[0])
-            self._my_bits[keep] = bit
-            self.send_to_peer(PurifyRequest(keep, sacrifice, level, bit))
+            keep_slot, sacrifice_slot = self._pairs[keep][0], self._pairs.pop(sacrifice)[0]
+            self._port.purify_local_then(
+                keep_slot,
+                sacrifice_slot,
+                self._protocol,
+                functools.partial(self._purified_left, keep, sacrifice, level, sacrifice_slot),
+            )
+
+    def _purified_left(
+        self, keep: Label, sacrifice: Label, level: int, sacrifice_slot: int, bit: int
+    ) -> None:
+        self._release(self._side, sacrifice_slot)
+        self._my_bits[keep] = bit
+        self.send_to_peer(PurifyRequest(keep, sacrifice, level, bit))
 
     def _serve_requests(self) -> None:
         if self._left_end:
@@ -694,10 +729,18 @@ class EndNode(_NodeBase):
                 continue
             del self._requests[keep]
             assert self._protocol is not None
-            bit = self._port.purify_local(self._pairs[keep][0], self._pairs[req.sacrifice][0], self._protocol)
-            self._release(self._side, self._pairs.pop(req.sacrifice)[0])
-            self.send_to_peer(PurifyBit(keep, bit))
-            self._purify_done(keep, bit == req.bit)
+            keep_slot, sacrifice_slot = self._pairs[keep][0], self._pairs.pop(req.sacrifice)[0]
+            self._port.purify_local_then(
+                keep_slot,
+                sacrifice_slot,
+                self._protocol,
+                functools.partial(self._purified_right, keep, req, sacrifice_slot),
+            )
+
+    def _purified_right(self, keep: Label, req: PurifyRequest, sacrifice_slot: int, bit: int) -> None:
+        self._release(self._side, sacrifice_slot)
+        self.send_to_peer(PurifyBit(keep, bit))
+        self._purify_done(keep, bit == req.bit)
 
     def _purify_done(self, keep: Label, ok: bool) -> None:
         slot, level = self._pairs[keep]
@@ -721,11 +764,15 @@ class EndNode(_NodeBase):
         else:
             self._app(pair)
 
-    def _consume(self, slot: int, basis: Basis | None) -> int:
-        outcome = 0
+    def _consume_then(self, slot: int, basis: Basis | None, done: Callable[[int], None]) -> None:
         if basis is None:
             self._port.discard(slot)
-        else:
-            outcome = self._port.measure(slot, basis)
-        self._release(self._side, slot)
-        return outcome
+            self._release(self._side, slot)
+            done(0)
+            return
+
+        def measured(outcome: int) -> None:
+            self._release(self._side, slot)
+            done(outcome)
+
+        self._port.measure_then(slot, basis, measured)

@@ -71,6 +71,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Protocol
 
 from agent.drivers.clock import Clock, TimerHandle
 from qsdn.errors import ConfigError, DriverError
@@ -79,6 +80,7 @@ from qsdn.physics.entanglement import BellState, bbpssw, dejmps, dephase, depola
 __all__ = [
     "Basis",
     "BsmResult",
+    "HardwarePort",
     "Herald",
     "HopSpec",
     "MemorySpec",
@@ -225,6 +227,38 @@ class QuantumMedium:
         """Register the node's herald handler (its heralding-station detector lines)."""
         self._herald_cb[node] = on_herald
 
+    def detach(self, node: str) -> None:
+        """Forget the node's herald handler (its heralds are dropped until it attaches again)."""
+        self._herald_cb.pop(node, None)
+
+    def add_node(self, node: str, memory: MemorySpec) -> None:
+        """Add (or re-specify) a node's memory, for media whose nodes join while they run."""
+        self._mem[node] = memory
+
+    def add_hop(self, hop: HopSpec) -> None:
+        """Add a heralding station; its two nodes must have memory specifications."""
+        for node in (hop.left, hop.right):
+            if node not in self._mem:
+                raise ConfigError(f"hop {hop.hop}: node {node} has no memory specification")
+        if hop.hop in self._stations:
+            raise ConfigError(f"hop {hop.hop} defined twice")
+        self._stations[hop.hop] = _Station(hop)
+
+    def remove_hop(self, hop: int) -> None:
+        """Stop a heralding station: attempts in progress end without a herald, offered slots stay free."""
+        st = self._stations.pop(hop, None)
+        if st is not None and st.timer is not None:
+            st.timer.cancel()
+
+    def withdraw(self, hop: int, node: str) -> None:
+        """Take back the slot ``node`` offered to ``hop`` (no effect if it offered none)."""
+        st = self._stations.get(hop)
+        if st is None or st.requests.pop(node, None) is None:
+            return
+        if st.timer is not None:
+            st.timer.cancel()
+            st.timer = None
+
     def hop(self, hop: int) -> HopSpec:
         return self._station(hop).spec
 
@@ -268,8 +302,13 @@ class QuantumMedium:
         qa.pair = qb.pair = pair
         self._qubits[(spec.left, left_slot)] = qa
         self._qubits[(spec.right, right_slot)] = qb
-        self._herald_cb[spec.left](Herald(spec.hop, label, left_slot, spec.right, right_slot, frame))
-        self._herald_cb[spec.right](Herald(spec.hop, label, right_slot, spec.left, left_slot, frame))
+        for node, herald in (
+            (spec.left, Herald(spec.hop, label, left_slot, spec.right, right_slot, frame)),
+            (spec.right, Herald(spec.hop, label, right_slot, spec.left, left_slot, frame)),
+        ):
+            callback = self._herald_cb.get(node)
+            if callback is not None:
+                callback(herald)
 
     # -- decoherence --------------------------------------------------------------------------------
 
@@ -433,6 +472,10 @@ class QuantumMedium:
     def live_qubits(self) -> int:
         return len(self._qubits)
 
+    def node_slots(self, node: str) -> list[int]:
+        """The slots of ``node`` that hold a qubit now."""
+        return sorted(slot for n, slot in self._qubits if n == node)
+
 
 def _shifted(state: BellState, frame: int) -> BellState:
     """The actual error distribution of a state carrying Pauli frame ``frame``."""
@@ -440,6 +483,35 @@ def _shifted(state: BellState, frame: int) -> BellState:
         return state
     p = state.p
     return BellState((p[0 ^ frame], p[1 ^ frame], p[2 ^ frame], p[3 ^ frame]))
+
+
+class HardwarePort(Protocol):
+    """What a node's protocol engine may do to its own quantum hardware.
+
+    Operations without a result take effect in the order they are called. The three that produce an
+    outcome deliver it to a callback (``*_then``): at once for hardware in the same process
+    (:class:`NodePort`), after a round trip for hardware behind a network (the agent's entanglement
+    driver talking to the medium service). ``generating`` is answered from what the port itself knows.
+    """
+
+    @property
+    def node(self) -> str: ...
+
+    def request_pair(self, hop: int, slot: int) -> None: ...
+
+    def generating(self, hop: int) -> bool: ...
+
+    def apply_pauli(self, slot: int, pauli: int) -> None: ...
+
+    def discard(self, slot: int) -> None: ...
+
+    def bell_measure_then(self, slot1: int, slot2: int, done: Callable[[BsmResult], None]) -> None: ...
+
+    def measure_then(self, slot: int, basis: Basis, done: Callable[[int], None]) -> None: ...
+
+    def purify_local_then(
+        self, keep_slot: int, sacrifice_slot: int, protocol: PurificationProtocol, done: Callable[[int], None]
+    ) -> None: ...
 
 
 class NodePort:
@@ -471,3 +543,16 @@ class NodePort:
 
     def purify_local(self, keep_slot: int, sacrifice_slot: int, protocol: PurificationProtocol) -> int:
         return self._medium.purify_local(self.node, keep_slot, sacrifice_slot, protocol)
+
+    # -- the HardwarePort forms: the outcome goes to the callback at once --------------------------------
+
+    def bell_measure_then(self, slot1: int, slot2: int, done: Callable[[BsmResult], None]) -> None:
+        done(self.bell_measure(slot1, slot2))
+
+    def measure_then(self, slot: int, basis: Basis, done: Callable[[int], None]) -> None:
+        done(self.measure(slot, basis))
+
+    def purify_local_then(
+        self, keep_slot: int, sacrifice_slot: int, protocol: PurificationProtocol, done: Callable[[int], None]
+    ) -> None:
+        done(self.purify_local(keep_slot, sacrifice_slot, protocol))
