@@ -25,7 +25,9 @@ and is how the KME behaves whichever way round the SAEs are cabled.
 
 Backing links: the first of ``backing_qkdl_id`` that is a PHYS link of this node is used. A VIRT link
 is served by trusted relay (:mod:`agent.kme.relay`, :meth:`Authorisation.virt_route`). A PHYS link
-must be enabled and join this node to ``remote_qkdn_id``.
+must be enabled and join this node to ``remote_qkdn_id``. A VIRT link with neither ``virt_prev_hop``
+nor ``virt_next_hop`` that is the ``key_qkdl_id`` of a ``qsdn-entanglement`` session (BBM92 key, the
+same blocks at both ends, no relay) is served directly, like a PHYS link (:attr:`LinkInfo.direct`).
 
 The parsed view is cached per running configuration (the datastore hands out the same string until it
 changes), so a request costs a dictionary lookup.
@@ -44,6 +46,7 @@ __all__ = ["AppGrant", "Authorisation", "InternalGrant", "LinkInfo", "Route", "a
 
 NS = "urn:etsi:qkd:yang:etsi-qkd-node"
 TYPES_NS = "urn:etsi:qkd:yang:etsi-qkd-node-types"
+ENT_NS = "urn:qsdn:yang:qsdn-entanglement"
 
 
 def _q(name: str) -> str:
@@ -86,6 +89,15 @@ class LinkInfo:
     virt_bandwidth: int | None = None
     #: every ``virt_next_hop`` entry, in order (several: a multicast branch, see agent/kme/relay.py)
     virt_next_hops: tuple[str, ...] = ()
+    #: the ``key_qkdl_id`` of an entanglement session here (BBM92 key at both ends)
+    entangled: bool = False
+
+    @property
+    def direct(self) -> bool:
+        """Both ends hold the same key blocks: PHYS, or a VIRT link without hops fed by entanglement."""
+        if self.kind == "PHYS":
+            return True
+        return self.kind == "VIRT" and self.entangled and not self.virt_prev_hop and not self.virt_next_hops
 
 
 @dataclass(frozen=True)
@@ -169,13 +181,13 @@ class Authorisation:
                     problems.append(
                         f"application {app.app_id}: backing link {qkdl_id} is not configured here"
                     )
-                elif link.kind == "VIRT":
+                elif link.kind == "VIRT" and not link.direct:
                     relay = True
                     problems.append(
                         f"application {app.app_id}: backing link {qkdl_id} is VIRT (keys come by"
                         " trusted relay)"
                     )
-                elif link.kind != "PHYS":
+                elif not link.direct:
                     problems.append(f"application {app.app_id}: backing link {qkdl_id} has no qkdl_type")
                 elif not link.enabled:
                     problems.append(f"application {app.app_id}: backing link {qkdl_id} is disabled")
@@ -194,7 +206,7 @@ class Authorisation:
         for app in self.apps(master, slave):
             for qkdl_id in app.backing:
                 link = self.links.get(qkdl_id)
-                if link is not None and link.kind == "VIRT" and link.enabled:
+                if link is not None and link.kind == "VIRT" and link.enabled and not link.direct:
                     return link
         return None
 
@@ -210,8 +222,8 @@ class Authorisation:
         """Why the KME of node ``peer`` may not share keys of ``master`` -> ``slave`` over ``qkdl_id``
         with this node (``None``: it may)."""
         link = self.links.get(qkdl_id)
-        if link is None or link.kind != "PHYS":
-            return f"link {qkdl_id} is not a PHYS link of this node"
+        if link is None or not link.direct:
+            return f"link {qkdl_id} is not a PHYS link (or entanglement key link) of this node"
         if link.remote_qkdn_id != peer:
             return f"link {qkdl_id} does not join this node to node {peer}"
         if not link.enabled:
@@ -230,6 +242,11 @@ def authorisation(running_xml: str, node_id: str) -> Authorisation:
     pairs: dict[tuple[str, str], list[AppGrant]] = {}
     internal: list[InternalGrant] = []
     node = wrap(running_xml).find(_q("qkd_node")) if running_xml.strip() else None
+    entangled: set[str] = set()
+    if node is not None:
+        names = ("entanglement", "sessions", "session", "key_qkdl_id")
+        key_links = "/".join(f"{{{ENT_NS}}}{n}" for n in names)
+        entangled = {(e.text or "").strip() for e in node.iterfind(key_links)}
     if node is not None:
         for link in node.iterfind(f"{_q('qkd_links')}/{_q('qkd_link')}"):
             qkdl_id = _text(link, "qkdl_id")
@@ -255,6 +272,7 @@ def authorisation(running_xml: str, node_id: str) -> Authorisation:
                 virt_next_hop=next_hops[0] if next_hops else None,
                 virt_bandwidth=int(bandwidth) if bandwidth and bandwidth.isdigit() else None,
                 virt_next_hops=next_hops,
+                entangled=qkdl_id in entangled,
             )
         for app in node.iterfind(f"{_q('qkd_applications')}/{_q('qkd_app')}"):
             app_id = _text(app, "app_id")
