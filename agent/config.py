@@ -41,6 +41,10 @@ Example::
                                     # at the root of the same port (agent/kme/skip.py)
       peers:                        # the KMEs at the far end of this node's links, by qkdn_id
         6f1c7a3e-0000-4000-8000-000000000002: {url: "https://127.0.0.1:8444", kme_id: bob}
+    entanglement:                   # optional: run qsdn-entanglement sessions (entanglement_driver.py)
+      medium: {host: 127.0.0.1, port: 7400}   # the lab's quantum medium (`qsdn medium run`)
+      timeout_s: 5                  # connect and register with the medium within this time
+      bbm92: {block_size: 1024, p_z: 0.5, sample_fraction: 0.2}   # BBM92 at the ends of bbm92-key sessions
 """
 
 from __future__ import annotations
@@ -155,6 +159,18 @@ class KmeConfig:
 
 
 @dataclass(frozen=True)
+class EntanglementConfig:
+    """The ``entanglement`` section: where the lab's quantum medium is, and BBM92 parameters."""
+
+    medium_host: str
+    medium_port: int
+    timeout_s: float = 5.0
+    bbm92_block_size: int = 1024
+    bbm92_p_z: float = 0.5
+    bbm92_sample_fraction: float = 0.2
+
+
+@dataclass(frozen=True)
 class AgentConfig:
     node_id: str
     name: str
@@ -165,6 +181,7 @@ class AgentConfig:
     interfaces: tuple[InterfaceConfig, ...] = ()
     source: str = "node.yaml"
     kme: KmeConfig | None = None
+    entanglement: EntanglementConfig | None = None
 
 
 # --- password hashing (scrypt, RFC 7914) -----------------------------------------------------------
@@ -288,6 +305,7 @@ def parse_config(data: Any, source: str = "node.yaml", base_dir: Path | None = N
     if len({i.qkdi_id for i in interfaces}) != len(interfaces):
         raise top.fail("interfaces", "qkdi_id values must be unique")
     kme = _parse_kme(top, name, node_id, base) if top.get("kme") is not None else None
+    entanglement = _parse_entanglement(top) if top.get("entanglement") is not None else None
     top.done()
     return AgentConfig(
         node_id=node_id,
@@ -299,7 +317,28 @@ def parse_config(data: Any, source: str = "node.yaml", base_dir: Path | None = N
         interfaces=tuple(interfaces),
         source=source,
         kme=kme,
+        entanglement=entanglement,
     )
+
+
+def _parse_entanglement(top: _Reader) -> EntanglementConfig:
+    e = top.sub("entanglement")
+    m = e.sub("medium", required=True)
+    host = m.text("host", "127.0.0.1")
+    port = m.int("port", lo=1, hi=65535)
+    m.done()
+    b = e.sub("bbm92")
+    cfg = EntanglementConfig(
+        medium_host=host,
+        medium_port=port,
+        timeout_s=e.num("timeout_s", 5.0, lo=0.1, hi=300),
+        bbm92_block_size=b.int("block_size", 1024, lo=16, hi=1 << 20),
+        bbm92_p_z=b.num("p_z", 0.5, lo=0.01, hi=0.99),
+        bbm92_sample_fraction=b.num("sample_fraction", 0.2, lo=0.01, hi=0.9),
+    )
+    b.done()
+    e.done()
+    return cfg
 
 
 #: Largest key the KME may be configured to hand out, in bits (64 KiB).

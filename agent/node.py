@@ -7,6 +7,13 @@
 - ``<get>`` merges the running configuration with state read from the driver at that moment
   (``qkdn_status``, ``qkdi_status``, ``qkdl_performance``, qsdn's ``qsdn_phys``/``qsdn_fibre``).
 - Driver events become ETSI GS QKD 015 notifications on the NETCONF stream.
+- With an entanglement driver (the agent configuration's ``entanglement`` section), the
+  ``qsdn-entanglement`` sessions of running are applied to it in the same step (a session is created,
+  or removed, or replaced when anything it depends on changed: its leaves, its hops' elementary links,
+  the node's memories); a refusal vetoes the whole change and both drivers are put back. ``<get>`` adds
+  the state leaves of memories, elementary links and sessions, and status changes become
+  ``entanglement_session_update`` notifications. Without an entanglement driver the container is
+  configuration only.
 """
 
 from __future__ import annotations
@@ -24,11 +31,16 @@ from agent.datastore import RUNNING, DatastoreManager, SessionInfo, wrap
 from agent.drivers.base import (
     DriverEvent,
     DriverEventKind,
+    ElementaryLinkConfig,
+    EntanglementDriver,
+    EntanglementEvent,
+    EntanglementSessionConfig,
     FaultKind,
     InterfaceState,
     LinkRole,
     LinkSpec,
     LinkState,
+    MemoryConfig,
     QkdDriver,
 )
 from agent.edit import Change
@@ -41,6 +53,7 @@ log = logging.getLogger(__name__)
 NS = notify.ETSI_NS
 TNS = notify.ETSI_TYPES_NS
 EMU_NS = "urn:qsdn:yang:qsdn-qkd-emulation"
+ENT_NS = "urn:qsdn:yang:qsdn-entanglement"
 
 
 def _q(name: str, ns: str = NS) -> str:
@@ -148,6 +161,88 @@ def desired_links(xml: str, node_id: str) -> tuple[dict[str, DesiredLink], dict[
     return links, det_fail
 
 
+def _num(el: etree._Element | None, *path: str) -> float | None:
+    v = _text(el, *path, ns=ENT_NS)
+    return float(v) if v is not None else None
+
+
+@functools.lru_cache(maxsize=8)
+def desired_entanglement(xml: str) -> tuple[MemoryConfig | None, dict[str, EntanglementSessionConfig]]:
+    """The node's memory and the entanglement sessions the running configuration asks for (cached; do
+    not modify the result). Each session carries its hops' elementary links and the memory."""
+    root = wrap(xml)
+    node = root.find(_q("qkd_node"))
+    ent = node.find(_q("entanglement", ENT_NS)) if node is not None else None
+    if ent is None:
+        return None, {}
+    mem_el = ent.find(_q("memories", ENT_NS))
+    swap = _num(ent, "bsm_station", "swap_success_probability")
+    memory = MemoryConfig(
+        count=int(_text(mem_el, "count", ns=ENT_NS) or 0),
+        coherence_time_s=_num(mem_el, "coherence_time_s") or float("inf"),
+        dephasing_time_s=_num(mem_el, "dephasing_time_s"),
+        readout_fidelity=_num(mem_el, "readout_fidelity") or 1.0,
+        initialisation_fidelity=_num(mem_el, "initialisation_fidelity") or 1.0,
+        swap_success_probability=swap if swap else 1.0,
+    )
+    alphas: dict[str, float] = {}
+    for src in ent.iterfind(f"{_q('sources', ENT_NS)}/{_q('source', ENT_NS)}"):
+        sid = _text(src, "source_id", ns=ENT_NS)
+        alpha = _num(src, "alpha")
+        if sid is not None and alpha is not None:
+            alphas[sid] = alpha
+    links: dict[str, ElementaryLinkConfig] = {}
+    for el in ent.iterfind(f"{_q('elementary_links', ENT_NS)}/{_q('elementary_link', ENT_NS)}"):
+        link_id = _text(el, "link_id", ns=ENT_NS)
+        remote = _text(el, "remote_qkdn_id", ns=ENT_NS)
+        if link_id is None or remote is None:
+            continue
+        source = _text(el, "source_id", ns=ENT_NS)
+        links[remote] = ElementaryLinkConfig(
+            link_id=link_id,
+            remote_qkdn_id=remote,
+            heralding=_text(el, "heralding", ns=ENT_NS) or "barrett-kok",
+            station_qkdn_id=_text(el, "station_qkdn_id", ns=ENT_NS),
+            length_km=_num(el, "length_km") or 0.0,
+            loss_db=_num(el, "loss_db"),
+            modes=int(_text(el, "modes", ns=ENT_NS) or 1),
+            initial_fidelity=_num(el, "initial_fidelity") or 1.0,
+            alpha=alphas.get(source) if source is not None else None,
+        )
+    sessions: dict[str, EntanglementSessionConfig] = {}
+    for se in ent.iterfind(f"{_q('sessions', ENT_NS)}/{_q('session', ENT_NS)}"):
+        sid = _text(se, "session_id", ns=ENT_NS)
+        if sid is None:
+            continue
+        prev_hop = _text(se, "prev_hop", ns=ENT_NS)
+        next_hop = _text(se, "next_hop", ns=ENT_NS)
+        hops = [h for h in (prev_hop, next_hop) if h is not None]
+        protocol = _text(se, "purification", "protocol", ns=ENT_NS) or "none"
+        rounds = _text(se, "purification", "rounds", ns=ENT_NS)
+        swap_round = _text(se, "swap_round", ns=ENT_NS)
+        sessions[sid] = EntanglementSessionConfig(
+            session_id=sid,
+            role=_text(se, "role", ns=ENT_NS) or "end",
+            end_a_qkdn_id=_text(se, "end_a_qkdn_id", ns=ENT_NS) or "",
+            end_b_qkdn_id=_text(se, "end_b_qkdn_id", ns=ENT_NS) or "",
+            path=tuple((p.text or "").strip() for p in se.iterfind(_q("path", ENT_NS))),
+            prev_hop=prev_hop,
+            next_hop=next_hop,
+            application=_text(se, "application", ns=ENT_NS) or "pairs",
+            memory=memory,
+            links=tuple(links[h] for h in hops if h in links),
+            swap_order=_text(se, "swap_order", ns=ENT_NS) or "asap",
+            swap_round=int(swap_round) if swap_round is not None else None,
+            purification=protocol,
+            purification_rounds=(int(rounds) if rounds is not None else 1) if protocol != "none" else 0,
+            cutoff_time_s=_num(se, "cutoff_time_s"),
+            target_fidelity=_num(se, "target_fidelity"),
+            target_rate_pairs_per_s=_num(se, "target_rate_pairs_per_s"),
+            key_qkdl_id=_text(se, "key_qkdl_id", ns=ENT_NS),
+        )
+    return memory, sessions
+
+
 class Node:
     """One QKD node: identity, datastores, driver, notifications."""
 
@@ -159,15 +254,20 @@ class Node:
         datastores: DatastoreManager,
         driver: QkdDriver,
         bus: notify.NotificationBus,
+        entanglement: EntanglementDriver | None = None,
     ) -> None:
         self.node_id = node_id
         self.schema = schema
         self.datastores = datastores
         self.driver = driver
         self.bus = bus
+        self.entanglement = entanglement
         self.started = datetime.now(UTC)
         self._app_created: dict[str, datetime] = {}
         self._unsubscribe = driver.subscribe(self._on_driver_event)
+        self._unsubscribe_ent = (
+            entanglement.subscribe(self._on_entanglement_event) if entanglement is not None else None
+        )
         datastores.listeners.append(self._apply_running)
         datastores.listeners.append(self._announce_change)
 
@@ -204,9 +304,12 @@ class Node:
         except QsdnError as exc:
             log.warning("the persisted running configuration cannot be fully applied: %s", exc)
         await self._reconcile("", running, best_effort=True)
+        await self._reconcile_entanglement("", running, best_effort=True)
 
     async def close(self) -> None:
         self._unsubscribe()
+        if self._unsubscribe_ent is not None:
+            self._unsubscribe_ent()
 
     # --- running -> driver ------------------------------------------------------------------------
     async def _apply_running(self, old: str, new: str, changes: list[Change], session: SessionInfo) -> None:
@@ -218,6 +321,42 @@ class Node:
             log.warning("driver refused the new configuration; restoring the previous one")
             await self._reconcile(new, old, best_effort=True)
             raise
+        try:
+            await self._reconcile_entanglement(old, new)
+        except QsdnError:
+            log.warning("entanglement driver refused the new configuration; restoring the previous one")
+            await self._reconcile_entanglement(new, old, best_effort=True)
+            await self._reconcile(new, old, best_effort=True)
+            raise
+
+    async def _reconcile_entanglement(self, old_xml: str, new_xml: str, *, best_effort: bool = False) -> None:
+        """Create, replace and remove entanglement sessions from what ``old_xml`` to what ``new_xml`` asks."""
+        ent = self.entanglement
+        if ent is None:
+            return
+        _, old = desired_entanglement(old_xml) if old_xml else (None, {})
+        _, new = desired_entanglement(new_xml)
+        try:
+            for sid in sorted(set(old) - set(new)):
+                await ent.remove_session(sid)
+            for sid, spec in sorted(new.items()):
+                if old.get(sid) != spec:
+                    try:
+                        await ent.create_session(spec)
+                    except QsdnError as exc:
+                        if not best_effort:
+                            raise QsdnError(
+                                f"entanglement session {sid}: {exc.first.message}",
+                                tag="operation-failed",
+                                path="/etsi-qkd-sdn-node:qkd_node/qsdn-entanglement:entanglement/sessions"
+                                f"/session[session_id='{sid}']",
+                            ) from exc
+                        log.info("restoring entanglement session %s: %s", sid, exc)
+        except QsdnError:
+            raise
+        except Exception as exc:  # a driver bug must not take the agent down
+            log.exception("entanglement driver failed while applying configuration")
+            raise DriverError(f"the entanglement driver failed: {exc}") from exc
 
     def _check_links(self, xml: str) -> None:
         """Refuse, before touching the hardware, PHYS links this node cannot have."""
@@ -326,6 +465,24 @@ class Node:
         elif ev.kind == DriverEventKind.LINK_UP and ev.qkdl_id:
             log.info("link %s up", ev.qkdl_id)
 
+    def _on_entanglement_event(self, ev: EntanglementEvent) -> None:
+        root = etree.Element(_q("entanglement_session_update", ENT_NS), nsmap=ns_map(ENT_NS))
+        sess = etree.SubElement(root, _q("session", ENT_NS))
+        etree.SubElement(sess, _q("session_id", ENT_NS)).text = ev.session_id
+        etree.SubElement(sess, _q("status", ENT_NS)).text = ev.status
+        if ev.reason is not None:
+            etree.SubElement(sess, _q("reason", ENT_NS)).text = ev.reason
+        if ev.achieved_fidelity is not None:
+            etree.SubElement(sess, _q("achieved_fidelity", ENT_NS)).text = _fidelity(ev.achieved_fidelity)
+        if ev.target_fidelity is not None:
+            etree.SubElement(sess, _q("target_fidelity", ENT_NS)).text = _fidelity(ev.target_fidelity)
+        if ev.rate_pairs_per_s is not None:
+            rate = notify.decimal(ev.rate_pairs_per_s, 6)
+            etree.SubElement(sess, _q("rate_pairs_per_s", ENT_NS)).text = rate
+        if ev.link_id is not None:
+            etree.SubElement(sess, _q("link_id", ENT_NS)).text = ev.link_id
+        self.bus.publish(root)
+
     # --- state data -------------------------------------------------------------------------------
     def operational(self, config_xml: str | None = None) -> str:
         """Running configuration plus state read from the driver now, validated and canonical."""
@@ -345,9 +502,50 @@ class Node:
                 f"internal error: state data does not validate: {exc}", type=ErrorType.APPLICATION
             ) from exc
 
+    def _add_entanglement_state(self, node: etree._Element) -> None:
+        ent_driver = self.entanglement
+        ent = node.find(_q("entanglement", ENT_NS))
+        if ent_driver is None or ent is None:
+            return
+
+        def leaf(parent: etree._Element, name: str, value: str) -> None:
+            etree.SubElement(parent, _q(name, ENT_NS)).text = value
+
+        mem = ent.find(_q("memories", ENT_NS))
+        if mem is not None:
+            count = int(_text(mem, "count", ns=ENT_NS) or 0)
+            ms = ent_driver.memory_state(count)
+            leaf(mem, "in_use", str(ms.in_use))
+            leaf(mem, "free", str(ms.free))
+        for link in ent.iterfind(f"{_q('elementary_links', ENT_NS)}/{_q('elementary_link', ENT_NS)}"):
+            link_id = _text(link, "link_id", ns=ENT_NS)
+            ls = ent_driver.link_state(link_id) if link_id is not None else None
+            if ls is None:
+                continue
+            leaf(link, "status", ls.status)
+            leaf(link, "pairs_generated", str(ls.pairs_generated))
+            leaf(link, "rate_pairs_per_s", notify.decimal(ls.rate_pairs_per_s, 6))
+            if ls.mean_fidelity is not None:
+                leaf(link, "mean_fidelity", _fidelity(ls.mean_fidelity))
+        for sess in ent.iterfind(f"{_q('sessions', ENT_NS)}/{_q('session', ENT_NS)}"):
+            sid = _text(sess, "session_id", ns=ENT_NS)
+            st = ent_driver.session_state(sid) if sid is not None else None
+            if st is None:
+                continue
+            leaf(sess, "status", st.status)
+            if st.achieved_fidelity is not None:
+                leaf(sess, "achieved_fidelity", _fidelity(st.achieved_fidelity))
+            leaf(sess, "rate_pairs_per_s", notify.decimal(st.rate_pairs_per_s, 6))
+            leaf(sess, "pairs_delivered", str(st.pairs_delivered))
+            if st.key_bits is not None:
+                leaf(sess, "key_bits", str(st.key_bits))
+            if st.qber is not None:
+                leaf(sess, "qber", notify.decimal(min(max(st.qber, 0.0), 1.0), 6))
+
     def _add_state(self, node: etree._Element) -> None:
         node.nsmap  # noqa: B018 - namespace map is read below through child elements
         _ident(node, "qkdn_status", "OPERATING")
+        self._add_entanglement_state(node)
         states = {}
         for info in self.driver.interfaces():
             states[info.qkdi_id] = info
@@ -443,3 +641,8 @@ class Node:
 def _ident(parent: etree._Element, name: str, value: str) -> None:
     el = etree.SubElement(parent, _q(name), nsmap={"etsi-qkdn-types": TNS})
     el.text = f"etsi-qkdn-types:{value}"
+
+
+def _fidelity(value: float) -> str:
+    """A ``fidelity`` (decimal64, 6 digits, within [0.25, 1])."""
+    return notify.decimal(min(max(value, 0.25), 1.0), 6)

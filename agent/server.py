@@ -23,7 +23,7 @@ from lxml import etree
 
 from agent.config import AgentConfig, UserConfig
 from agent.datastore import RUNNING, DatastoreManager, SessionInfo
-from agent.drivers.base import QkdDriver
+from agent.drivers.base import EntanglementDriver, QkdDriver
 from agent.keystore import KeyStore
 from agent.kme import KmeServer
 from agent.node import Node
@@ -275,9 +275,15 @@ class NetconfAgent:
     """The agent process's core: schema, datastores, driver, node, notifications and the SSH server."""
 
     def __init__(
-        self, config: AgentConfig, driver: QkdDriver, keystore: KeyStore, schema: SchemaContext | None = None
+        self,
+        config: AgentConfig,
+        driver: QkdDriver,
+        keystore: KeyStore,
+        schema: SchemaContext | None = None,
+        entanglement: EntanglementDriver | None = None,
     ) -> None:
         self.config = config
+        self.entanglement = entanglement
         self.schema = schema or agent_schema()
         self.index = SchemaIndex(self.schema)
         self.keystore = keystore
@@ -296,6 +302,7 @@ class NetconfAgent:
             datastores=self.datastores,
             driver=driver,
             bus=self.bus,
+            entanglement=entanglement,
         )
         self.handler = RpcHandler(self)
         self.kme: KmeServer | None = None
@@ -437,6 +444,8 @@ class NetconfAgent:
 
     async def start(self) -> None:
         await self.driver.start()
+        if self.entanglement is not None:
+            await self.entanglement.start()
         await self.node.start()
         nc = self.config.netconf
         self._server = await asyncssh.create_server(
@@ -483,6 +492,8 @@ class NetconfAgent:
         self.connections.clear()
         await self.node.close()
         await self.datastores.close()
+        if self.entanglement is not None:
+            await self.entanglement.stop()
         await self.driver.stop()
         self.keystore.close()
 
@@ -518,7 +529,23 @@ def build_agent(config: AgentConfig, schema: SchemaContext | None = None) -> Net
         ),
         tick_s=d.tick_s,
     )
-    return NetconfAgent(config, driver, keystore, schema)
+    entanglement: EntanglementDriver | None = None
+    if config.entanglement is not None:
+        from agent.drivers.bbm92 import Bbm92Config
+        from agent.drivers.entanglement_driver import EmulatedEntanglementDriver
+
+        e = config.entanglement
+        entanglement = EmulatedEntanglementDriver(
+            config.node_id,
+            host=e.medium_host,
+            port=e.medium_port,
+            keystore=keystore,
+            timeout_s=e.timeout_s,
+            bbm92=Bbm92Config(
+                p_z=e.bbm92_p_z, block_size=e.bbm92_block_size, sample_fraction=e.bbm92_sample_fraction
+            ),
+        )
+    return NetconfAgent(config, driver, keystore, schema, entanglement)
 
 
 def _role(value: str) -> Any:

@@ -1,4 +1,4 @@
-"""The ``qsdn`` command: ``qsdn agent run|check-config``, more to come (controller, lab, plan, session).
+"""The ``qsdn`` command: ``qsdn agent run|check-config``, ``qsdn medium run``, controller, lab, plan...
 
 ``main(argv=None) -> int`` so tests call it in-process. Errors of the QsdnError family print one
 line naming the object and the rule, and exit 2 (configuration) or 1 (anything else).
@@ -117,6 +117,24 @@ def _controller_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _medium_run(args: argparse.Namespace) -> int:
+    from agent.drivers.medium_service import run_medium
+
+    host, sep, port_text = args.listen.rpartition(":")
+    if not sep or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(f"--listen {args.listen!r} is not HOST:PORT")
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run_medium(host or "127.0.0.1", int(port_text), args.seed, stop)
+
+    _run_daemon(main)
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from qsdn.demo import main as demo_main
 
@@ -147,6 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     ccheck = ctl.add_parser("check-config", help="validate a controller.yaml (and its topology) and exit")
     ccheck.add_argument("config", help="controller.yaml")
     ccheck.set_defaults(func=_controller_check)
+
+    med = sub.add_parser("medium", help="the quantum medium of an emulated lab").add_subparsers(
+        dest="action", required=True
+    )
+    mrun = med.add_parser("run", help="run the medium service the agents' entanglement drivers connect to")
+    mrun.add_argument("--listen", required=True, help="HOST:PORT to listen on")
+    mrun.add_argument("--seed", type=int, default=1, help="random seed of the medium (default 1)")
+    mrun.set_defaults(func=_medium_run)
 
     from qsdn.lab.lab_cli import register as register_lab
     from qsdn.lab.plan_cli import register as register_plan

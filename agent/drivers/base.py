@@ -26,15 +26,23 @@ from agent.keystore import KeyStore
 __all__ = [
     "DriverEvent",
     "DriverEventKind",
+    "ElementaryLinkConfig",
+    "EntanglementDriver",
+    "EntanglementEvent",
+    "EntanglementSessionConfig",
     "FaultKind",
     "FibreInfo",
     "InterfaceInfo",
     "InterfaceState",
+    "LinkGenerationState",
     "LinkPerformance",
     "LinkRole",
     "LinkSpec",
     "LinkState",
+    "MemoryConfig",
+    "MemoryState",
     "QkdDriver",
+    "SessionState",
 ]
 
 
@@ -206,3 +214,130 @@ class QkdDriver(Protocol):
 
     @property
     def keystore(self) -> KeyStore: ...
+
+
+# -- entanglement hardware (qsdn-entanglement) -----------------------------------------------------------
+#
+# The agent turns the ``entanglement`` container of its running configuration into calls on an
+# :class:`EntanglementDriver`: one session at a time is created or removed, each carrying everything the
+# device needs (its hops' elementary links, the node's memory), so a change of any of it is a remove and a
+# create. The emulated implementation is :mod:`agent.drivers.entanglement_driver` (the node's engines over
+# the lab's medium service). A real repeater implements the same few methods.
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryConfig:
+    """``entanglement/memories`` plus the Bell-measurement success of ``bsm_station``."""
+
+    count: int
+    coherence_time_s: float
+    dephasing_time_s: float | None = None
+    readout_fidelity: float = 1.0
+    initialisation_fidelity: float = 1.0
+    swap_success_probability: float = 1.0
+
+
+@dataclass(frozen=True, slots=True)
+class ElementaryLinkConfig:
+    """One ``elementary_link`` (the same ``link_id`` at both of its ends)."""
+
+    link_id: str
+    remote_qkdn_id: str
+    heralding: str
+    station_qkdn_id: str | None = None
+    length_km: float = 0.0
+    loss_db: float | None = None
+    modes: int = 1
+    initial_fidelity: float = 1.0
+    alpha: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class EntanglementSessionConfig:
+    """One ``session`` as this node runs it, with the links of its hops and the node's memory."""
+
+    session_id: str
+    role: str  # "end" or "repeater"
+    end_a_qkdn_id: str
+    end_b_qkdn_id: str
+    path: tuple[str, ...]
+    prev_hop: str | None
+    next_hop: str | None
+    application: str  # "bbm92-key" or "pairs"
+    memory: MemoryConfig
+    #: the elementary links to prev_hop and next_hop, in path order
+    links: tuple[ElementaryLinkConfig, ...]
+    swap_order: str = "asap"
+    swap_round: int | None = None
+    purification: str = "none"
+    purification_rounds: int = 0
+    cutoff_time_s: float | None = None
+    target_fidelity: float | None = None
+    target_rate_pairs_per_s: float | None = None
+    key_qkdl_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SessionState:
+    """The ``config false`` leaves of a session; key bits and QBER only at the ends of bbm92-key."""
+
+    status: str
+    pairs_delivered: int = 0
+    rate_pairs_per_s: float = 0.0
+    achieved_fidelity: float | None = None
+    key_bits: int | None = None
+    qber: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LinkGenerationState:
+    """The ``config false`` leaves of an elementary link."""
+
+    status: str  # up, down, generating
+    pairs_generated: int = 0
+    rate_pairs_per_s: float = 0.0
+    mean_fidelity: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryState:
+    in_use: int
+    free: int
+
+
+@dataclass(frozen=True, slots=True)
+class EntanglementEvent:
+    """A session's status changed (the ``entanglement_session_update`` notification)."""
+
+    session_id: str
+    status: str
+    reason: str | None = None
+    achieved_fidelity: float | None = None
+    target_fidelity: float | None = None
+    rate_pairs_per_s: float | None = None
+    link_id: str | None = None
+
+
+@runtime_checkable
+class EntanglementDriver(Protocol):
+    """The operations an entanglement device (memories, sources, BSM) driver offers to the agent.
+
+    ``create_session`` either runs the session or raises :class:`qsdn.errors.DriverError` having
+    started nothing; ``remove_session`` stops it, frees its memories and never fails for an unknown id.
+    """
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def create_session(self, spec: EntanglementSessionConfig) -> None: ...
+
+    async def remove_session(self, session_id: str) -> None: ...
+
+    def session_state(self, session_id: str) -> SessionState | None: ...
+
+    def link_state(self, link_id: str) -> LinkGenerationState | None: ...
+
+    def memory_state(self, count: int) -> MemoryState: ...
+
+    def subscribe(self, callback: Callable[[EntanglementEvent], None]) -> Callable[[], None]: ...
