@@ -356,11 +356,13 @@ class _Pending:
 class PeerChannel:
     """Ops to the peer KMEs, batched per peer over keep-alive mutual-TLS connections.
 
-    :meth:`send` queues an op for a peer and waits for its result. Per peer at most ``max_inflight``
-    batches are in flight; ops that arrive meanwhile leave together in the next batch (no added delay
-    when the channel is idle). An op waits ``timeout_s`` for its answer unless :meth:`send` gives it
-    another timeout (a relay op waits for the rest of its path, :mod:`agent.kme.relay`); only ops with
-    the same timeout share a batch, so a quick op never waits behind a relay's long one.
+    :meth:`send` queues an op for a peer and waits for its result. The queue leaves at the end of the
+    current turn of the event loop, so the ops of the requests resumed in one turn (by one group
+    commit, say) share a batch; per peer at most ``max_inflight`` batches are in flight, and ops that
+    arrive meanwhile leave together in the next. An op waits ``timeout_s`` for its answer unless
+    :meth:`send` gives it another timeout (a relay op waits for the rest of its path,
+    :mod:`agent.kme.relay`); only ops with the same timeout share a batch, so a quick op never waits
+    behind a relay's long one.
     """
 
     def __init__(
@@ -384,6 +386,7 @@ class PeerChannel:
         self._queues: dict[str, list[_Pending]] = {p.qkdn_id: [] for p in peers}
         self._inflight: dict[str, int] = {p.qkdn_id: 0 for p in peers}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._pump_soon: set[str] = set()
         self._max_inflight = max_inflight
         self._max_batch = min(max_batch, MAX_OPS)
         self._session: aiohttp.ClientSession | None = None
@@ -419,7 +422,11 @@ class PeerChannel:
         wait = self._timeout_s if timeout_s is None else timeout_s
         fut: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._queues[peer.qkdn_id].append(_Pending(msg.body(), fut, wait))
-        self._pump(peer)
+        if peer.qkdn_id not in self._pump_soon:
+            # at the end of this turn of the event loop: the ops that requests resumed in the same turn
+            # (say, by one group commit) send leave together
+            self._pump_soon.add(peer.qkdn_id)
+            asyncio.get_running_loop().call_soon(self._pump_later, peer)
         try:
             # the batch's HTTP timeout is the same; this also bounds the time spent queued
             result = await asyncio.wait_for(asyncio.shield(fut), wait + 0.5)
@@ -433,6 +440,10 @@ class PeerChannel:
                 peer, status if isinstance(status, int) else 0, reason, f"{status}: {message}"
             )
         return result
+
+    def _pump_later(self, peer: KmePeerConfig) -> None:
+        self._pump_soon.discard(peer.qkdn_id)
+        self._pump(peer)
 
     def _pump(self, peer: KmePeerConfig) -> None:
         queue = self._queues[peer.qkdn_id]
