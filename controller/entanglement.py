@@ -997,6 +997,8 @@ class _Computation:
         req = self.request
         pair = f"{self.label(req.src)} to {self.label(req.dst)}"
         direct = failures.get(tuple(sorted((req.src, req.dst))))  # type: ignore[arg-type]
+        if direct is None and not any(v == req.dst for v, _ in adj.get(req.src, ())):
+            direct = self._no_chain(req.src, req.dst)  # why no repeater segment joins the ends
         unbounded = self._widest(adj, None, 0.0)
         if unbounded is None:
             if direct is not None:

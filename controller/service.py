@@ -44,7 +44,13 @@ from controller.entanglement_provision import (
     plan_to_json,
 )
 from controller.model import MemoryParams, Node, NodeRole, Reservation, Span, StationParams, Topology
-from controller.pathcomp import PathComputation, PathRequest, classify_span, compute_paths
+from controller.pathcomp import (
+    PathComputation,
+    PathRejectedError,
+    PathRequest,
+    classify_span,
+    compute_paths,
+)
 from controller.provision import SessionPlan, SessionSpec, combine, phys_link_id, plan_session
 from controller.southbound.base import NodeClient, NodeEndpoint
 from controller.store import NodeRecord, SessionRecord, SpanRecord, Store
@@ -336,6 +342,33 @@ class Controller:
             memory_reservations=self.memory_reservations(),
         )
 
+    def compute_key(self, s: SessionRecord, *, excluding: str | None = None) -> PathComputation:
+        """The trusted-relay paths of key session ``s``; a path refused only because of its
+        ``max_trusted_nodes`` is refused naming that bound and the fewest relays possible."""
+        req = self._request(s)
+        try:
+            return self.compute(req, excluding=excluding)
+        except PathRejectedError as exc:
+            bound = s.max_trusted_nodes
+            if (
+                bound is None
+                or exc.constraint != "max-hops"
+                or (s.max_hops is not None and s.max_hops <= bound)
+            ):
+                raise
+            fewest = int(exc.first.info.get("min_hops", "0")) - 1
+            names = self._names((s.src_node, s.dst_node))
+            raise PathRejectedError(
+                f"no key path from {names[0]} to {names[1]} with at most {bound} trusted relay(s): the "
+                f"fewest possible is {fewest} (a key session without repeaters relays through trusted "
+                "nodes only)",
+                info={
+                    "constraint": "max-trusted",
+                    "max_trusted_nodes": str(bound),
+                    "min_trusted_nodes": str(fewest),
+                },
+            ) from exc
+
     def compute(self, req: PathRequest, *, excluding: str | None = None) -> PathComputation:
         unreachable = frozenset(n for n, st in self.nodes.items() if not st.reachable)
         if unreachable:
@@ -344,11 +377,17 @@ class Controller:
 
     # --- sessions ---------------------------------------------------------------------------------
     def _request(self, s: SessionRecord) -> PathRequest:
+        """The trusted-relay path request of a key session; ``max_trusted_nodes`` bounds its hops (every
+        interior node of a trusted-relay path is a trusted relay)."""
+        max_hops = s.max_hops
+        if s.max_trusted_nodes is not None:
+            bound = s.max_trusted_nodes + 1
+            max_hops = bound if max_hops is None else min(max_hops, bound)
         return PathRequest(
             src=s.src_node,
             dst=s.dst_node,
             rate_bps=float(s.rate_bps),
-            max_hops=s.max_hops,
+            max_hops=max_hops,
             disjoint_backup=s.disjoint_backup,
             avoid=frozenset(s.avoid),
             trusted=frozenset(s.trusted_relays) if s.trusted_relays is not None else None,
@@ -484,7 +523,7 @@ class Controller:
                     raise QsdnError(f"session {s.session_id}: unknown node {n}", tag="invalid-value")
             if s.planned:
                 return await self._create_planned(s)
-            comp = self.compute(self._request(s))
+            comp = self.compute_key(s)
             best = comp.best
             s.path, s.spans = tuple(best.nodes), tuple(best.spans)
             s.backup_path = tuple(comp.backup.nodes) if comp.backup is not None else ()
@@ -676,7 +715,7 @@ class Controller:
         old = self._plan(s, s.path, s.spans, s.generation)
         s.status = "rerouting"
         self.store.put_session(s)
-        comp = self.compute(self._request(s), excluding=s.session_id)
+        comp = self.compute_key(s, excluding=s.session_id)
         new_path, new_spans = tuple(comp.best.nodes), tuple(comp.best.spans)
         new = self._plan(s, new_path, new_spans, s.generation + 1)
         edits: dict[str, str] = {}
