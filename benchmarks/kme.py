@@ -22,7 +22,9 @@ producer shares the machine's CPUs). Targets (issue 4, direct link, with key ava
     .venv/bin/python benchmarks/kme.py [--seconds 5] [--concurrency 16 64] [--data-dir DIR] [--json [FILE]]
 
 The SAEs' HTTP client is a minimal keep-alive HTTP/1.1 client (``--client lean``, the default) so that
-the load generator, which shares the machine, costs little; ``--client aiohttp`` uses aiohttp's.
+the load generator, which shares the machine, costs little; ``--client aiohttp`` uses aiohttp's. It
+runs on uvloop, as the agents do (``--client-loop asyncio`` for asyncio's own loop; the agents'
+loop is chosen by ``QSDN_EVENT_LOOP``, see :mod:`qsdn.cli`).
 
 This is a script, not a test.
 """
@@ -418,6 +420,7 @@ async def bench(args: argparse.Namespace, work: Path, progress: Console) -> dict
                 "fill_rate_bps": fill_rate,
                 "producing_during_measurement": bool(args.keep_producing),
                 "client": args.client,
+                "agent_loop": os.environ.get("QSDN_EVENT_LOOP", "uvloop"),
             },
             "figures": [f.row() for f in figures],
         }
@@ -443,7 +446,8 @@ def render(result: dict[str, Any], console: Console) -> None:
     console.print(
         f"link: {link['length_km']} km C-band at {link['pulse_rate_hz']:.0e} pulses/s, filled at"
         f" {link['fill_rate_bps'] / 1e6:.1f} Mbit/s; production during the measurement:"
-        f" {'on' if link['producing_during_measurement'] else 'off (fibre cut after filling)'}"
+        f" {'on' if link['producing_during_measurement'] else 'off (fibre cut after filling)'};"
+        f" event loops: agents {link.get('agent_loop', '?')}, load generator {link.get('client_loop', '?')}"
     )
     table = Table(
         title=f"ETSI 014 enc_keys + dec_keys pairs over mutual TLS, {KEY_BITS}-bit keys, direct link"
@@ -507,6 +511,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument(
         "--client", default="lean", choices=["lean", "aiohttp"], help="the SAEs' HTTP client (default lean)"
     )
+    p.add_argument(
+        "--client-loop",
+        default="uvloop",
+        choices=["uvloop", "asyncio"],
+        help="the load generator's event loop (default uvloop, as the agents')",
+    )
     p.add_argument("--keep-producing", action="store_true", help="leave the link producing while measuring")
     p.add_argument("--data-dir", help="put the agents' data directories under DIR (e.g. /dev/shm)")
     p.add_argument("--agent-log-level", default="warning")
@@ -519,7 +529,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="qsdn-kme-bench-") as tmp:
         work = Path(tmp)
         os.chmod(work, 0o700)
-        result = asyncio.run(bench(args, work, progress))
+        if args.client_loop == "uvloop":
+            import uvloop
+
+            with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+                result = runner.run(bench(args, work, progress))
+        else:
+            result = asyncio.run(bench(args, work, progress))
+        result["link"]["client_loop"] = args.client_loop
     render(result, console)
     if args.json:
         text = json.dumps(result, indent=2)
