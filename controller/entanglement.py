@@ -997,8 +997,6 @@ class _Computation:
         req = self.request
         pair = f"{self.label(req.src)} to {self.label(req.dst)}"
         direct = failures.get(tuple(sorted((req.src, req.dst))))  # type: ignore[arg-type]
-        if direct is None and not any(v == req.dst for v, _ in adj.get(req.src, ())):
-            direct = self._no_chain(req.src, req.dst)  # why no repeater segment joins the ends
         unbounded = self._widest(adj, None, 0.0)
         if unbounded is None:
             if direct is not None:
@@ -1013,6 +1011,8 @@ class _Computation:
             bounded = self._widest(adj, limit, 0.0)
             if bounded is None:
                 relays = len(unbounded) - 1
+                if direct is None and not any(v == req.dst for v, _ in adj.get(req.src, ())):
+                    direct = self._no_chain(req.src, req.dst)  # why no repeater segment joins the ends
                 fewest = next(h for h in range(limit + 1, len(adj) + 1) if self._widest(adj, h, 0.0)) - 1
                 why = (
                     f"; the direct repeater segment fails: {direct.first.message}"

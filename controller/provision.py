@@ -331,7 +331,8 @@ def plan_session(
 
 
 def combine(*subtrees: str) -> str:
-    """One ``<qkd_node>`` edit from several (same node): their list entries side by side, in order."""
+    """One ``<qkd_node>`` edit from several (same node): containers merged at every depth (``qkd_links``,
+    ``entanglement/sessions``, ...), their list entries side by side, in order."""
     roots = [etree.fromstring(t) for t in subtrees if t]
     if not roots:
         return ""
@@ -340,10 +341,21 @@ def combine(*subtrees: str) -> str:
         for child in other:
             if etree.QName(child).localname == "qkdn_id":
                 continue
-            same = out.find(child.tag)
-            if same is None:
-                out.append(child)
-            else:
-                for entry in list(child):
-                    same.append(entry)
+            _merge(out, child)
     return etree.tostring(out).decode()
+
+
+#: key leaves of the list entries a plan writes (015 links, applications, interfaces; entanglement lists)
+_ENTRY_KEYS = frozenset({"qkdl_id", "app_id", "qkdi_id", "link_id", "session_id", "source_id"})
+
+
+def _merge(parent: etree._Element, child: etree._Element) -> None:
+    """Put ``child`` under ``parent``: a container merges into one of the same name, anything else is
+    appended."""
+    same = parent.find(child.tag)
+    entry = any(isinstance(c.tag, str) and etree.QName(c).localname in _ENTRY_KEYS for c in child)
+    if same is None or len(child) == 0 or entry:
+        parent.append(child)
+        return
+    for grandchild in list(child):
+        _merge(same, grandchild)

@@ -10,7 +10,13 @@
   (``controller.transaction``) -> reservations recorded. Any failure leaves no node with any part of
   the session, and the session records the node and the reason.
 - **Reaction**: ``sdqkdn_link_down`` marks the span down and moves every session crossing it to a
-  new path in one transaction (old path removed, new path created), timing the move.
+  new path in one transaction (old path removed, new path created), timing the move; a lost node
+  moves the sessions it relays, repeats or heralds (those ending there fail). Entanglement and mixed
+  key sessions are re-planned (memories and key rates of the session itself count as free) and move
+  to generation *n + 1* the same way; an ``entanglement_session_update`` with status ``down`` from a
+  node of a segment moves that session off the elementary link's spans (the whole segment's when no
+  ``link_id`` is given), which that session then never uses again. No path left: the session fails
+  with the reason; its configuration and memories stay until it is deleted.
 - **Reconciliation** after a restart: every node's configuration is compared with what the active
   sessions need; a node changed behind the controller's back is repaired.
 
@@ -39,9 +45,11 @@ from controller.entanglement import (
 from controller.entanglement_provision import (
     ENT_NS,
     EntanglementSpec,
+    elementary_link_id,
     plan_entanglement_session,
     plan_from_json,
     plan_to_json,
+    segment_session_id,
 )
 from controller.model import MemoryParams, Node, NodeRole, Reservation, Span, StationParams, Topology
 from controller.pathcomp import (
@@ -322,24 +330,40 @@ class Controller:
         return out
 
     def memory_reservations(self, *, excluding: str | None = None) -> list[MemoryReservation]:
-        """Memories held by the entanglement and mixed key sessions that are (being) provisioned."""
+        """Memories held by the entanglement and mixed key sessions whose configuration is (being) on the
+        nodes; a session that failed after provisioning keeps them until it is deleted (a failed creation
+        holds none)."""
         return [
             MemoryReservation(s.session_id, n, m)
             for s in self.store.sessions()
-            if s.session_id != excluding and s.status in ("active", "rerouting", "provisioning", "deleting")
+            if s.session_id != excluding
+            and s.status in ("active", "rerouting", "provisioning", "deleting", "failed")
             for n, m in sorted(s.memories.items())
         ]
 
-    def compute_entanglement(self, req: EntanglementRequest) -> EntanglementPlan:
-        """The best entanglement or mixed key plan for ``req`` (a dry run; unreachable nodes avoided)."""
+    def compute_entanglement(
+        self,
+        req: EntanglementRequest,
+        *,
+        excluding: str | None = None,
+        without_spans: frozenset[str] = frozenset(),
+    ) -> EntanglementPlan:
+        """The best entanglement or mixed key plan for ``req`` (a dry run; unreachable nodes and down
+        spans avoided). ``excluding``: a session whose reservations are not counted (the one being
+        moved); ``without_spans``: further spans not to use."""
         unreachable = frozenset(n for n, st in self.nodes.items() if not st.reachable)
         if unreachable - {req.src, req.dst}:
             req = replace(req, avoid=req.avoid | (unreachable - {req.src, req.dst}))
+        topo = self.topology()
+        if without_spans & set(topo.spans):
+            topo = Topology.build(
+                list(topo.nodes.values()), [sp for sid, sp in topo.spans.items() if sid not in without_spans]
+            )
         return compute_entanglement_plan(
-            self.topology(),
+            topo,
             req,
-            reservations=self.reservations(),
-            memory_reservations=self.memory_reservations(),
+            reservations=self.reservations(excluding=excluding),
+            memory_reservations=self.memory_reservations(excluding=excluding),
         )
 
     def compute_key(self, s: SessionRecord, *, excluding: str | None = None) -> PathComputation:
@@ -485,12 +509,7 @@ class Controller:
         """An entanglement or mixed key session: plan (memories and key rates after the other sessions'
         reservations), provision every node in one transaction, keep the plan and the reservation."""
         plan = self.compute_entanglement(self._entanglement_request(s))
-        s.plan = plan_to_json(plan)
-        s.path = plan.nodes
-        s.spans = tuple(seg.spans[0] for seg in plan.segments if seg.technology == "qkd")
-        s.plan_spans = tuple(sp for seg in plan.segments for sp in seg.spans)
-        s.memories = dict(plan.memories)
-        s.backup_path = ()
+        _adopt(s, plan)
         s.status = "provisioning"
         s.last_error = s.last_error_node = None
         self.store.put_session(s)
@@ -637,6 +656,8 @@ class Controller:
             )
             self.down_spans.add(span)
             self._spawn(self._reroute_span(span, time.monotonic()), f"reroute-{span}")
+        elif name == "entanglement_session_update" and etree.QName(body).namespace == ENT_NS:
+            self._on_entanglement_update(st, body)
         elif name == "sdqkdn_link_perf_update":
             qkdl_id = body.findtext(f"{{{NODE_NS}}}qkd_link/{{{NODE_NS}}}qkdl_id")
             skr = body.findtext(f"{{{NODE_NS}}}qkd_link/{{{NODE_NS}}}performance/{{{NODE_NS}}}skr")
@@ -659,34 +680,19 @@ class Controller:
         return self._link_spans.get(qkdl_id)
 
     async def _reroute_span(self, span_id: str, started: float) -> None:
+        """A lost span: move every session crossing it (trusted-relay hops, repeater segments)."""
         async with self._lock:
             for s in self.store.sessions():
-                if s.status != "active" or span_id not in s.spans:
+                if s.status != "active" or span_id not in (s.plan_spans if s.planned else s.spans):
                     continue
-                if s.planned:
-                    log.warning("session %s: re-routing %s sessions is not implemented", s.session_id, s.kind)
-                    continue
-                ok, detail = True, ""
-                try:
-                    await self._move(s)
-                except QsdnError as exc:
-                    ok, detail = False, str(exc)
-                    s.status = "failed"
-                    s.last_error = f"re-route after the loss of span {span_id} failed: {exc}"
-                    self.store.put_session(s)
-                    log.error("session %s: %s", s.session_id, s.last_error)
-                self.reroutes.append(
-                    RerouteEvent(s.session_id, span_id, started, time.monotonic(), ok, detail)
-                )
+                await self._reroute(s, span_id, f"span {span_id}", started)
 
     async def _reroute_node(self, node_id: str, started: float) -> None:
-        """A lost node: move the sessions it relays; sessions ending there cannot be moved."""
+        """A lost node: move the sessions it relays (or repeats, or heralds); sessions ending there
+        cannot be moved."""
         async with self._lock:
             for s in self.store.sessions():
                 if s.status != "active" or node_id not in s.path:
-                    continue
-                if s.planned:
-                    log.warning("session %s: re-routing %s sessions is not implemented", s.session_id, s.kind)
                     continue
                 if node_id in (s.src_node, s.dst_node):
                     s.status = "failed"
@@ -695,21 +701,117 @@ class Controller:
                     self.store.put_session(s)
                     log.error("session %s: %s", s.session_id, s.last_error)
                     continue
-                ok, detail = True, ""
-                try:
-                    await self._move(s)
-                except QsdnError as exc:
-                    ok, detail = False, str(exc)
-                    s.status = "failed"
-                    s.last_error = (
-                        f"re-route after the loss of node {self.nodes[node_id].record.name} failed: {exc}"
-                    )
-                    s.last_error_node = node_id
-                    self.store.put_session(s)
-                    log.error("session %s: %s", s.session_id, s.last_error)
-                self.reroutes.append(
-                    RerouteEvent(s.session_id, f"node:{node_id}", started, time.monotonic(), ok, detail)
+                await self._reroute(
+                    s, f"node:{node_id}", f"node {self.nodes[node_id].record.name}", started, node=node_id
                 )
+
+    async def _reroute(
+        self, s: SessionRecord, cause: str, what: str, started: float, *, node: str | None = None
+    ) -> None:
+        """Move ``s`` off the lost element ``what``; if that fails, the session is failed with the reason."""
+        ok, detail = True, ""
+        try:
+            if s.planned:
+                await self._move_planned(s)
+            else:
+                await self._move(s)
+        except QsdnError as exc:
+            ok, detail = False, str(exc)
+            s.status = "failed"
+            s.last_error = f"re-route after the loss of {what} failed: {exc.first.message}"
+            s.last_error_node = node or getattr(exc, "node", None) or exc.first.info.get("node")
+            self.store.put_session(s)
+            log.error("session %s: %s", s.session_id, s.last_error)
+        self.reroutes.append(RerouteEvent(s.session_id, cause, started, time.monotonic(), ok, detail))
+
+    # entanglement sessions report on their own (qsdn-entanglement entanglement_session_update)
+    def _segment_of(self, ent_session_id: str) -> tuple[SessionRecord, int] | None:
+        """The active planned session, and the index of its segment, that runs ``ent_session_id`` now."""
+        for s in self.store.sessions():
+            if not s.planned or s.plan is None or s.status != "active":
+                continue
+            for index in range(len(s.plan.get("segments", ()))):
+                if segment_session_id(s.session_id, s.generation, index) == ent_session_id:
+                    return s, index
+        return None
+
+    def _on_entanglement_update(self, st: NodeState, body: etree._Element) -> None:
+        sess = body.find(f"{{{ENT_NS}}}session")
+        if sess is None:
+            return
+        ent_sid = sess.findtext(f"{{{ENT_NS}}}session_id") or ""
+        status = sess.findtext(f"{{{ENT_NS}}}status") or ""
+        reason = sess.findtext(f"{{{ENT_NS}}}reason") or ""
+        link_id = sess.findtext(f"{{{ENT_NS}}}link_id")
+        found = self._segment_of(ent_sid)
+        if found is None:
+            return  # an earlier generation (already moved) or not ours
+        s, index = found
+        if status not in ("down", "failed"):
+            if status == "degraded":
+                log.warning("session %s: %s reports it degraded (%s)", s.session_id, st.record.name, reason)
+            return
+        seg = plan_from_json(s.plan or {}).segments[index]
+        spans = seg.spans
+        for j, link in enumerate(seg.links):
+            if link_id is not None and elementary_link_id(s.session_id, s.generation, index, j) == link_id:
+                spans = link.spans
+        log.warning(
+            "session %s: %s reports segment %d down (%s%s): re-planning without span(s) %s",
+            s.session_id,
+            st.record.name,
+            index,
+            reason or "no reason",
+            f", elementary link {link_id}" if link_id else "",
+            ", ".join(spans),
+        )
+        self._spawn(
+            self._reroute_segment(s.session_id, ent_sid, spans, time.monotonic()), f"reroute-{ent_sid}"
+        )
+
+    async def _reroute_segment(
+        self, session_id: str, ent_session_id: str, spans: tuple[str, ...], started: float
+    ) -> None:
+        """A repeater segment of ``session_id`` went down over ``spans``: move the session without them."""
+        async with self._lock:
+            found = self._segment_of(ent_session_id)
+            if found is None or found[0].session_id != session_id:
+                return  # moved (or deleted) meanwhile: the report was about a generation that is gone
+            s = found[0]
+            s.failed_spans = tuple(sorted(set(s.failed_spans) | set(spans)))
+            self.store.put_session(s)
+            what = f"span {', '.join(spans)}" if len(spans) == 1 else f"spans {', '.join(spans)}"
+            await self._reroute(s, ",".join(spans), what, started)
+
+    async def _move_planned(self, s: SessionRecord) -> None:
+        """Move an entanglement or mixed key session to a new plan in one transaction: generation *n*
+        removed, *n + 1* created (new derived ids), its memories and key rates moved with it."""
+        old = self._entanglement_plan(s)
+        s.status = "rerouting"
+        self.store.put_session(s)
+        plan = self.compute_entanglement(
+            self._entanglement_request(s), excluding=s.session_id, without_spans=frozenset(s.failed_spans)
+        )
+        moved = replace(s, history=list(s.history), generation=s.generation + 1)
+        _adopt(moved, plan)
+        new = self._entanglement_plan(moved)
+        edits: dict[str, str] = {}
+        for n in sorted(set(old.removals) | set(new.edits)):
+            parts = []
+            if n in old.removals and self.nodes[n].reachable:
+                parts.append(old.removals[n])
+            if n in new.edits:
+                parts.append(new.edits[n])
+            if parts:
+                edits[n] = combine(*parts)
+        await self._apply(edits)
+        await self._activate(new)
+        _adopt(s, plan)
+        s.generation = moved.generation
+        s.status = "active"
+        s.history.append({"at": time.time(), "event": "rerouted", "path": list(plan.nodes)})
+        self.store.put_session(s)
+        log.info("%s session %s moved to %s", s.kind, s.session_id, " - ".join(self._names(plan.nodes)))
 
     async def _move(self, s: SessionRecord) -> None:
         old = self._plan(s, s.path, s.spans, s.generation)
@@ -766,6 +868,16 @@ class Controller:
                     s.status = "active"
                     self.store.put_session(s)
         return repaired
+
+
+def _adopt(s: SessionRecord, plan: EntanglementPlan) -> None:
+    """Record ``plan`` as the session's plan: path, QKD spans (key-rate reservations), spans, memories."""
+    s.plan = plan_to_json(plan)
+    s.path = plan.nodes
+    s.spans = tuple(seg.spans[0] for seg in plan.segments if seg.technology == "qkd")
+    s.plan_spans = tuple(sp for seg in plan.segments for sp in seg.spans)
+    s.memories = dict(plan.memories)
+    s.backup_path = ()
 
 
 _MEMORY_FIELDS = {

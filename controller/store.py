@@ -101,6 +101,9 @@ class SessionRecord:
     memories: dict[str, int] = field(default_factory=dict)
     #: every span of the plan (``spans`` holds only the QKD hops, which carry key-rate reservations)
     plan_spans: tuple[str, ...] = ()
+    #: spans whose failure under this session moved it (an elementary link reported down): its re-plans
+    #: avoid them, so a persistent fault cannot make the session flap between two paths
+    failed_spans: tuple[str, ...] = ()
 
     @property
     def kind(self) -> str:
@@ -114,7 +117,7 @@ class SessionRecord:
 
 
 _KINDS: dict[str, type[Any]] = {"node": NodeRecord, "span": SpanRecord, "session": SessionRecord}
-_TUPLES = {"bands", "avoid", "trusted_relays", "path", "spans", "backup_path", "plan_spans"}
+_TUPLES = {"bands", "avoid", "trusted_relays", "path", "spans", "backup_path", "plan_spans", "failed_spans"}
 
 
 def _decode(kind: str, doc: str) -> Any:
