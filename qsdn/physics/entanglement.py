@@ -72,22 +72,27 @@ from qsdn.physics.bb84 import binary_entropy
 __all__ = [
     "FIBRE_LIGHT_SPEED_M_S",
     "BellState",
+    "Probabilities",
     "attempt_time_s",
     "bbm92_secret_fraction",
     "bbpssw",
     "dejmps",
     "dephase",
+    "dephase_p",
     "depolarise",
+    "depolarise_p",
     "expected_max_geometric",
     "expected_max_geometric_unequal",
     "geometric_storage_decay",
     "heralding_probability",
     "multiplexed_probability",
+    "normalised_p",
     "recurrence_purification",
     "shor_preskill_fraction",
     "single_click",
     "swap",
     "swap_chain",
+    "swap_p",
     "two_segment_attempts",
     "wait_all_decay",
     "werner",
@@ -98,16 +103,26 @@ FIBRE_LIGHT_SPEED_M_S = 2.0e8
 
 _TOL = 1e-9
 
+#: The four Bell-diagonal probabilities (errors I, Z, X, Y on |Phi+>): a :class:`BellState`'s ``p``.
+Probabilities = tuple[float, float, float, float]
+
 
 @dataclass(frozen=True, slots=True)
 class BellState:
     """A Bell-diagonal two-qubit state: probabilities of the errors I, Z, X, Y on |Phi+>."""
 
-    p: tuple[float, float, float, float]
+    p: Probabilities
 
     def __post_init__(self) -> None:
         if len(self.p) != 4 or any(x < -_TOL for x in self.p) or abs(sum(self.p) - 1.0) > 1e-6:
             raise ConfigError(f"Bell-diagonal coefficients must be 4 probabilities summing to 1: {self.p}")
+
+    @classmethod
+    def trusted(cls, p: Probabilities) -> BellState:
+        """A state from probabilities valid by construction (a ``*_p`` kernel's output): no checks."""
+        state = object.__new__(cls)
+        object.__setattr__(state, "p", p)
+        return state
 
     @property
     def fidelity(self) -> float:
@@ -147,18 +162,65 @@ def werner(fidelity: float) -> BellState:
 
 
 def _normalised(values: Iterable[float]) -> BellState:
-    v = [max(x, 0.0) for x in values]
-    total = sum(v)
-    return BellState((v[0] / total, v[1] / total, v[2] / total, v[3] / total))
+    i, z, x, y = values
+    return BellState(normalised_p(i, z, x, y))
+
+
+# -- kernels on probability tuples ---------------------------------------------------------------------
+# What the functions below compute, on bare tuples and without argument checks, for the emulator's hot
+# loop (agent/drivers/quantum_medium.py applies them to every qubit it touches). The public functions
+# call them, so both give the same numbers.
+
+
+def normalised_p(i: float, z: float, x: float, y: float) -> Probabilities:
+    """Negative rounding residue clipped to 0, then scaled to sum to 1."""
+    if i < 0.0:
+        i = 0.0
+    if z < 0.0:
+        z = 0.0
+    if x < 0.0:
+        x = 0.0
+    if y < 0.0:
+        y = 0.0
+    total = i + z + x + y
+    return (i / total, z / total, x / total, y / total)
+
+
+def swap_p(left: Probabilities, right: Probabilities) -> Probabilities:
+    """The Klein-group convolution ``p[k] = sum_{i ^ j = k} left[i] right[j]``, normalised (:func:`swap`)."""
+    a0, a1, a2, a3 = left
+    b0, b1, b2, b3 = right
+    return normalised_p(
+        a0 * b0 + a1 * b1 + a2 * b2 + a3 * b3,
+        a0 * b1 + a1 * b0 + a2 * b3 + a3 * b2,
+        a0 * b2 + a1 * b3 + a2 * b0 + a3 * b1,
+        a0 * b3 + a1 * b2 + a2 * b1 + a3 * b0,
+    )
+
+
+def depolarise_p(p: Probabilities, k: float) -> Probabilities:
+    """Each component relaxes to 1/4: ``1/4 + (p - 1/4) k``, ``k = exp(-n t / T)``, for p >= 0, 0 < k <= 1."""
+    i, z, x, y = p
+    # normalised_p, spelt out (this runs on every touch of a stored qubit) and without its clipping:
+    # for p >= 0 and 0 < k <= 1, 1/4 + (p - 1/4) k >= 1/4 - k/4 >= 0 also in floating point (rounding
+    # is monotonic and k/4 is exact).
+    i = 0.25 + (i - 0.25) * k
+    z = 0.25 + (z - 0.25) * k
+    x = 0.25 + (x - 0.25) * k
+    y = 0.25 + (y - 0.25) * k
+    total = i + z + x + y
+    return (i / total, z / total, x / total, y / total)
+
+
+def dephase_p(p: Probabilities, m: float) -> Probabilities:
+    """I mixes with Z and X with Y by ``m = (1 - exp(-t/T2)^qubits)/2`` (:func:`dephase`)."""
+    i, z, x, y = p
+    return normalised_p((1 - m) * i + m * z, (1 - m) * z + m * i, (1 - m) * x + m * y, (1 - m) * y + m * x)
 
 
 def swap(left: BellState, right: BellState) -> BellState:
     """Entanglement swapping of two Bell-diagonal pairs: the Klein-group convolution (Briegel et al. 1998)."""
-    out = [0.0, 0.0, 0.0, 0.0]
-    for i, pi in enumerate(left.p):
-        for j, pj in enumerate(right.p):
-            out[i ^ j] += pi * pj
-    return _normalised(out)
+    return BellState(swap_p(left.p, right.p))
 
 
 def swap_chain(states: Sequence[BellState]) -> BellState:
@@ -200,7 +262,13 @@ def depolarise(state: BellState, stored_s: float, coherence_s: float, qubits: in
     if math.isinf(coherence_s) or stored_s == 0 or qubits == 0:
         return state
     k = math.exp(-qubits * stored_s / coherence_s)
-    return _normalised(0.25 + (x - 0.25) * k for x in state.p)
+    # Not depolarise_p: a BellState may hold components a rounding error below 0, clipped here.
+    i, z, x, y = state.p
+    return BellState(
+        normalised_p(
+            0.25 + (i - 0.25) * k, 0.25 + (z - 0.25) * k, 0.25 + (x - 0.25) * k, 0.25 + (y - 0.25) * k
+        )
+    )
 
 
 def dephase(state: BellState, stored_s: float, t2_s: float, qubits: int = 2) -> BellState:
@@ -210,8 +278,7 @@ def dephase(state: BellState, stored_s: float, t2_s: float, qubits: int = 2) -> 
     if math.isinf(t2_s) or stored_s == 0 or qubits == 0:
         return state
     m = (1.0 - math.exp(-qubits * stored_s / t2_s)) / 2.0
-    i, z, x, y = state.p
-    return _normalised(((1 - m) * i + m * z, (1 - m) * z + m * i, (1 - m) * x + m * y, (1 - m) * y + m * x))
+    return BellState(dephase_p(state.p, m))
 
 
 def heralding_probability(eta_a: float, eta_b: float) -> float:
