@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-import itertools
-import math
 from collections.abc import Callable
 from typing import Protocol
 
@@ -54,11 +52,10 @@ class Clock(Protocol):
 
 
 class _VirtualHandle:
-    __slots__ = ("_callback", "_cancelled", "seq", "when")
+    __slots__ = ("_callback", "_cancelled", "when")
 
-    def __init__(self, when: float, seq: int, callback: Callable[[], None]) -> None:
+    def __init__(self, when: float, callback: Callable[[], None]) -> None:
         self.when = when
-        self.seq = seq
         self._callback: Callable[[], None] | None = callback
         self._cancelled = False
 
@@ -69,22 +66,19 @@ class _VirtualHandle:
     def cancelled(self) -> bool:
         return self._cancelled
 
-    def __lt__(self, other: _VirtualHandle) -> bool:
-        return (self.when, self.seq) < (other.when, other.seq)
-
-    def fire(self) -> None:
-        callback, self._callback = self._callback, None
-        if callback is not None and not self._cancelled:
-            callback()
-
 
 class VirtualClock:
-    """Discrete-event virtual time: deterministic, as fast as the CPU allows."""
+    """Discrete-event virtual time: deterministic, as fast as the CPU allows.
+
+    The heap holds ``(time, sequence number, handle)`` tuples: the sequence number is unique, so
+    comparisons never reach the handle and stay in C. A handle's callback is cleared when it runs or
+    is cancelled; a cleared entry is skipped when popped.
+    """
 
     def __init__(self, start_s: float = 0.0) -> None:
         self._now = float(start_s)
-        self._heap: list[_VirtualHandle] = []
-        self._seq = itertools.count()
+        self._heap: list[tuple[float, int, _VirtualHandle]] = []
+        self._seq = 0
         self._events_run = 0
 
     def now(self) -> float:
@@ -97,29 +91,39 @@ class VirtualClock:
 
     def pending(self) -> int:
         """Scheduled callbacks not yet run or cancelled."""
-        return sum(1 for h in self._heap if not h.cancelled())
+        return sum(1 for _, _, h in self._heap if h._callback is not None)
 
     def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:
-        if math.isnan(when):
+        if when != when:
             raise ConfigError("cannot schedule an event at NaN")
-        handle = _VirtualHandle(max(when, self._now), next(self._seq), callback)
-        heapq.heappush(self._heap, handle)
+        if when < self._now:
+            when = self._now
+        handle = _VirtualHandle(when, callback)
+        self._seq = seq = self._seq + 1
+        heapq.heappush(self._heap, (when, seq, handle))
         return handle
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
-        if delay < 0 or math.isnan(delay):
+        if not delay >= 0:  # negative or NaN
             raise ConfigError(f"delay must not be negative, got {delay}")
-        return self.call_at(self._now + delay, callback)
+        when = self._now + delay
+        handle = _VirtualHandle(when, callback)
+        self._seq = seq = self._seq + 1
+        heapq.heappush(self._heap, (when, seq, handle))
+        return handle
 
     def step(self) -> bool:
         """Run the next event; False if there is none."""
-        while self._heap:
-            handle = heapq.heappop(self._heap)
-            if handle.cancelled():
+        heap = self._heap
+        while heap:
+            when, _, handle = heapq.heappop(heap)
+            callback = handle._callback
+            if callback is None:
                 continue
-            self._now = handle.when
+            handle._callback = None
+            self._now = when
             self._events_run += 1
-            handle.fire()
+            callback()
             return True
         return False
 
@@ -128,9 +132,16 @@ class VirtualClock:
         if until_s < self._now:
             raise ConfigError(f"cannot run back in time to {until_s} (now {self._now})")
         heap = self._heap
-        while heap and heap[0].when <= until_s:
-            if not self.step():
-                break
+        pop = heapq.heappop
+        while heap and heap[0][0] <= until_s:
+            when, _, handle = pop(heap)
+            callback = handle._callback
+            if callback is None:
+                continue
+            handle._callback = None
+            self._now = when
+            self._events_run += 1
+            callback()
         self._now = until_s
 
     def run(self, max_events: int | None = None) -> None:
