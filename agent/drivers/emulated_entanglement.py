@@ -59,7 +59,7 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from enum import Enum, StrEnum
+from enum import StrEnum
 from typing import Protocol
 
 from agent.drivers.clock import Clock, TimerHandle
@@ -154,24 +154,62 @@ class ClassicalChannel(Protocol):
 
 
 class VirtualChannel:
-    """Delivers each message by the clock after ``delay_s(src, dst)``; FIFO per pair of nodes."""
+    """Delivers each message by the clock after ``delay_s(src, dst)``; FIFO per pair of nodes.
+
+    ``delay_s`` is a fixed propagation delay: it is asked once per pair of nodes.
+    """
 
     def __init__(self, clock: Clock, delay_s: Callable[[str, str], float]) -> None:
         self._clock = clock
         self._delay = delay_s
+        self._delays: dict[tuple[str, str], float] = {}
+        self._groups: dict[tuple[str, tuple[str, ...]], list[tuple[float, tuple[str, ...]]]] = {}
         self._handlers: dict[str, Callable[[str, object], None]] = {}
         self.sent = 0
 
     def attach(self, node: str, handler: Callable[[str, object], None]) -> None:
         self._handlers[node] = handler
 
+    def _route(self, src: str, dst: str) -> tuple[Callable[[str, object], None], float]:
+        handler = self._handlers.get(dst)
+        if handler is None:
+            raise DriverError(f"{src}: no classical route to {dst}")
+        delay = self._delays.get((src, dst))
+        if delay is None:
+            delay = self._delays[(src, dst)] = self._delay(src, dst)
+        return handler, delay
+
     def send(self, src: str, dst: str, message: object) -> None:
-        try:
-            handler = self._handlers[dst]
-        except KeyError:
-            raise DriverError(f"{src}: no classical route to {dst}") from None
+        handler, delay = self._route(src, dst)
         self.sent += 1
-        self._clock.call_later(self._delay(src, dst), functools.partial(handler, src, message))
+        self._clock.call_later(delay, functools.partial(handler, src, message))
+
+    def multicast(self, src: str, dsts: tuple[str, ...], message: object) -> None:
+        """``send`` to each of ``dsts`` in turn, with one clock event per distinct delay.
+
+        The same as separate sends: those of equal delay would be due at the same time with
+        consecutive sequence numbers, so no other event could run between them.
+        """
+        groups = self._groups.get((src, dsts))
+        if groups is None:
+            by_delay: dict[float, list[str]] = {}
+            for dst in dsts:
+                by_delay.setdefault(self._route(src, dst)[1], []).append(dst)
+            groups = self._groups[(src, dsts)] = [(d, tuple(names)) for d, names in by_delay.items()]
+        handlers = self._handlers
+        call_later = self._clock.call_later
+        for delay, names in groups:
+            try:
+                batch = [handlers[dst] for dst in names]
+            except KeyError as exc:
+                raise DriverError(f"{src}: no classical route to {exc.args[0]}") from None
+            self.sent += len(batch)
+            call_later(delay, functools.partial(_deliver_all, batch, src, message))
+
+
+def _deliver_all(handlers: list[Callable[[str, object], None]], src: str, message: object) -> None:
+    for handler in handlers:
+        handler(src, message)
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,9 +270,11 @@ class SwapRecords:
 
     def walk(self, label: Label, rightwards: bool, target_hop: int) -> tuple[str, Label, int]:
         """Follow ``label`` to ``target_hop``: ``("ok"|"pending"|"failed", far label, XOR of BSM bits)``."""
+        if label[0] == target_hop:
+            return ("failed" if label in self._discarded else "ok"), label, 0
         frame = 0
         index = self._by_left if rightwards else self._by_right
-        while label[0] != target_hop:
+        while True:
             out = index.get(label)
             if out is None:
                 return ("failed" if label in self._discarded else "pending"), label, frame
@@ -242,12 +282,17 @@ class SwapRecords:
                 return "failed", label, frame
             frame ^= out.bits
             label = out.right if rightwards else out.left
+            if label[0] == target_hop:
+                break
         if label in self._discarded:
             return "failed", label, frame
         return "ok", label, frame
 
     def forget(self, label: Label, rightwards: bool, target_hop: int) -> None:
         """Drop the records a resolved (or failed) walk used."""
+        if label[0] == target_hop:
+            self._discarded.discard(label)
+            return
         index = self._by_left if rightwards else self._by_right
         while label[0] != target_hop:
             out = index.get(label)
@@ -257,6 +302,9 @@ class SwapRecords:
             self._by_right.pop(out.right, None)
             label = out.right if rightwards else out.left
         self._discarded.discard(label)
+
+
+_RECORDED = (SwapOutcome, Discarded)  # what SwapRecords keeps
 
 
 class SlotController(Protocol):
@@ -301,17 +349,16 @@ class RoundSync:
 # -- nodes --------------------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class _Held:
     label: Label
     slot: int
-    since_s: float
     cutoff: TimerHandle | None = None
 
 
-class _Side(Enum):
-    LEFT = 0
-    RIGHT = 1
+# A node's sides, as list indices: per-side state is kept in two-element lists.
+_LEFT = 0
+_RIGHT = 1
 
 
 class _NodeBase:
@@ -335,71 +382,85 @@ class _NodeBase:
         self._index = layout.index(name)
         self._port = port
         self._channel = channel
+        self._multicast = channel.multicast if isinstance(channel, VirtualChannel) else None
         self._clock = clock
         self._generation = generation
+        self._by_rounds = generation is Generation.ROUNDS
         self._rounds = rounds
         self._round = 0
-        self._hops: dict[_Side, int] = {}
-        if self._index > 0:
-            self._hops[_Side.LEFT] = self._index - 1
-        if self._index < layout.hops:
-            self._hops[_Side.RIGHT] = self._index
-        self._free: dict[_Side, list[int]] = {}
+        # Per side (_LEFT, _RIGHT): the adjacent hop (-1: none), free slots, made a pair this round.
+        self._hop_of = [self._index - 1, self._index if self._index < layout.hops else -1]
+        self._sides = tuple(side for side in (_LEFT, _RIGHT) if self._hop_of[side] >= 0)
+        self._free: list[list[int]] = [[], []]
         slot = 0
-        for side in self._hops:
+        for side in self._sides:
             self._free[side] = list(range(slot + memories - 1, slot - 1, -1))
             slot += memories
         self._slots_total = slot
-        self._made_this_round: set[_Side] = set()
+        self._made_this_round = [False, False]
         self.elementary_pairs = 0
         if rounds is not None:
             rounds.attach(self._new_round)
 
     def start(self) -> None:
-        for side in self._hops:
+        for side in self._sides:
             self._request(side)
 
     def slots_in_use(self) -> int:
         """Memory slots that hold a qubit, await a measurement result or are offered to a hop."""
-        return self._slots_total - sum(len(free) for free in self._free.values())
+        return self._slots_total - len(self._free[_LEFT]) - len(self._free[_RIGHT])
 
-    def _side_of(self, hop: int) -> _Side:
-        return _Side.LEFT if self._hops.get(_Side.LEFT) == hop else _Side.RIGHT
+    def _side_of(self, hop: int) -> int:
+        return _LEFT if self._hop_of[_LEFT] == hop else _RIGHT
 
-    def _request(self, side: _Side) -> None:
-        hop = self._hops[side]
-        if self._port.generating(hop) or not self._free[side]:
+    def _request(self, side: int) -> None:
+        # The local checks first: most calls end at them without asking the port.
+        free = self._free[side]
+        if not free or (self._by_rounds and self._made_this_round[side]):
             return
-        if self._generation is Generation.ROUNDS and side in self._made_this_round:
+        hop = self._hop_of[side]
+        port = self._port
+        if port.generating(hop):
             return
-        self._port.request_pair(hop, self._free[side].pop())
+        port.request_pair(hop, free.pop())
 
-    def _release(self, side: _Side, slot: int) -> None:
+    def _release(self, side: int, slot: int) -> None:
         self._free[side].append(slot)
-        self._request(side)
+        if not (self._by_rounds and self._made_this_round[side]):
+            self._request(side)
 
     def _new_round(self, round_no: int) -> None:
         self._round = round_no
-        self._made_this_round.clear()
-        for side in self._hops:
-            self._request(side)
+        made = self._made_this_round
+        made[_LEFT] = made[_RIGHT] = False
+        port = self._port
+        for side in self._sides:  # _request(side), which nothing made this round can stop
+            free = self._free[side]
+            if free:
+                hop = self._hop_of[side]
+                if not port.generating(hop):
+                    port.request_pair(hop, free.pop())
 
     def on_herald(self, herald: Herald) -> None:
-        side = self._side_of(herald.hop)
+        side = _LEFT if self._hop_of[_LEFT] == herald.hop else _RIGHT
         self.elementary_pairs += 1
-        self._made_this_round.add(side)
-        if side is _Side.LEFT:
+        self._made_this_round[side] = True
+        if side == _LEFT:
             self._port.apply_pauli(herald.slot, herald.frame)  # right end of the hop corrects
-        self._held(side, _Held(herald.label, herald.slot, self._clock.now()))
-        self._request(side)
+        self._held(side, _Held(herald.label, herald.slot))
+        if not (self._by_rounds and self._made_this_round[side]):
+            self._request(side)
 
-    def _held(self, side: _Side, held: _Held) -> None:
+    def _held(self, side: int, held: _Held) -> None:
         raise NotImplementedError
 
     def on_message(self, src: str, message: object) -> None:
         raise NotImplementedError
 
-    def _announce(self, message: object, to: list[str]) -> None:
+    def _announce(self, message: object, to: tuple[str, ...]) -> None:
+        if self._multicast is not None:
+            self._multicast(self.name, to, message)
+            return
         for dst in to:
             self._channel.send(self.name, dst, message)
 
@@ -437,7 +498,7 @@ class RepeaterNode(_NodeBase):
             raise ConfigError(f"node {name}: cut-off must be positive")
         self._cutoff_s = cutoff_s
         self._targets = swap_targets(swap_order, self._index, layout.hops)
-        self._waiting: dict[_Side, deque[_Held]] = {_Side.LEFT: deque(), _Side.RIGHT: deque()}
+        self._waiting: list[deque[_Held]] = [deque(), deque()]  # by side
         self._records = SwapRecords()
         self.stats = RepeaterStats()
         hops = layout.hops
@@ -450,10 +511,10 @@ class RepeaterNode(_NodeBase):
             lo, hi = swap_targets(swap_order, j, hops)
             if (lo < j - 1 and lo < self._index < j) or (hi > j and j < self._index <= hi):
                 watchers.append(layout.nodes[j])
-        self._audience = ends + watchers
+        self._audience = (*ends, *watchers)
 
     def on_message(self, src: str, message: object) -> None:
-        if isinstance(message, SwapOutcome | Discarded):
+        if isinstance(message, _RECORDED):
             self._records.add(message)
             self._try_swap()
         else:
@@ -461,13 +522,13 @@ class RepeaterNode(_NodeBase):
                 "repeater %s: unexpected %s from %s ignored", self.name, type(message).__name__, src
             )
 
-    def _held(self, side: _Side, held: _Held) -> None:
+    def _held(self, side: int, held: _Held) -> None:
         if self._cutoff_s is not None:
             held.cutoff = self._clock.call_later(self._cutoff_s, functools.partial(self._cut, side, held))
         self._waiting[side].append(held)
         self._try_swap()
 
-    def _cut(self, side: _Side, held: _Held) -> None:
+    def _cut(self, side: int, held: _Held) -> None:
         if held in self._waiting[side]:
             self._waiting[side].remove(held)
             self.stats.cutoff_discards += 1
@@ -475,34 +536,42 @@ class RepeaterNode(_NodeBase):
             self._drop(side, held)
             self._report(False)
 
-    def _drop(self, side: _Side, held: _Held) -> None:
+    def _drop(self, side: int, held: _Held) -> None:
         if held.cutoff is not None:
             held.cutoff.cancel()
         self._port.discard(held.slot)
         self._announce(Discarded(self.name, held.label), self._audience)
         self._release(side, held.slot)
 
-    def _ready(self, side: _Side) -> _Held | None:
+    def _ready(self, side: int) -> _Held | None:
         """The oldest qubit on ``side`` whose pair reaches the target; drops those that failed."""
-        rightwards = side is _Side.RIGHT
-        target = self._targets[1] if rightwards else self._targets[0]
-        for held in list(self._waiting[side]):
-            status, _, _ = self._records.walk(held.label, rightwards, target)
+        queue = self._waiting[side]
+        target = self._targets[side]
+        records = self._records
+        first = queue[0]
+        if first.label[0] == target and first.label not in records._discarded:
+            return first  # walk() would say "ok" at once: the pair is on the target hop already
+        rightwards = side == _RIGHT
+        for held in list(queue):
+            status, _, _ = records.walk(held.label, rightwards, target)
             if status == "ok":
                 return held
             if status == "failed":
-                self._waiting[side].remove(held)
+                queue.remove(held)
                 self.stats.failed_discards += 1
                 self._drop(side, held)
         return None
 
     def _try_swap(self) -> None:
+        waiting = self._waiting
         while True:
-            left, right = self._ready(_Side.LEFT), self._ready(_Side.RIGHT)
+            # _ready of an empty side is None: skip the call.
+            left = self._ready(_LEFT) if waiting[_LEFT] else None
+            right = self._ready(_RIGHT) if waiting[_RIGHT] else None
             if left is None or right is None:
                 return
-            self._waiting[_Side.LEFT].remove(left)
-            self._waiting[_Side.RIGHT].remove(right)
+            waiting[_LEFT].remove(left)
+            waiting[_RIGHT].remove(right)
             for h in (left, right):
                 if h.cutoff is not None:
                     h.cutoff.cancel()
@@ -520,8 +589,8 @@ class RepeaterNode(_NodeBase):
         self._announce(
             SwapOutcome(self.name, left.label, right.label, result.ok, result.bits), self._audience
         )
-        self._release(_Side.LEFT, left.slot)
-        self._release(_Side.RIGHT, right.slot)
+        self._release(_LEFT, left.slot)
+        self._release(_RIGHT, right.slot)
         self._report(result.ok, round_no)
 
     def _report(self, ok: bool, round_no: int | None = None) -> None:
@@ -529,7 +598,7 @@ class RepeaterNode(_NodeBase):
             self._rounds.report(self.name, self._round if round_no is None else round_no, ok)
 
     def _new_round(self, round_no: int) -> None:
-        for side, queue in self._waiting.items():
+        for side, queue in enumerate(self._waiting):
             while queue:
                 held = queue.popleft()
                 self.stats.round_discards += 1
@@ -538,7 +607,7 @@ class RepeaterNode(_NodeBase):
                     held.cutoff.cancel()
                 self._announce(Discarded(self.name, held.label), self._audience)
                 self._free[side].append(held.slot)
-        super()._new_round(round_no)
+        _NodeBase._new_round(self, round_no)
 
 
 class DeliveredPair:
@@ -569,13 +638,17 @@ class DeliveredPair:
 
     def release(self) -> None:
         node = self._take()
-        node._consume_then(self.slot, None, lambda _: None)
+        node._consume_then(self.slot, None, _ignore)
 
     def _take(self) -> EndNode:
         if self._node is None:
             raise DriverError(f"pair {self.pair_id} already measured or released")
         node, self._node = self._node, None
         return node
+
+
+def _ignore(_: int) -> None:
+    pass
 
 
 @dataclass(slots=True)
@@ -610,7 +683,8 @@ class EndNode(_NodeBase):
         if purification_rounds < 0 or (purification_rounds and purification is None):
             raise ConfigError(f"node {name}: purification rounds need a protocol")
         self._left_end = self._index == 0
-        self._side = _Side.RIGHT if self._left_end else _Side.LEFT
+        self._herald_ends_round = self._left_end and layout.hops == 1
+        self._side = _RIGHT if self._left_end else _LEFT
         self._peer = layout.nodes[-1] if self._left_end else layout.nodes[0]
         self._target = layout.hops - 1 if self._left_end else 0
         self._protocol = purification
@@ -648,14 +722,14 @@ class EndNode(_NodeBase):
 
     # -- elementary pairs and resolution --------------------------------------------------------------
 
-    def _held(self, side: _Side, held: _Held) -> None:
+    def _held(self, side: int, held: _Held) -> None:
         self._unresolved.append(held)
-        if self._layout.hops == 1 and self._left_end and self._rounds is not None:
+        if self._herald_ends_round and self._rounds is not None:
             self._rounds.report(self.name, self._round, True)  # no repeater: the herald ends the round
         self._resolve()
 
     def on_message(self, src: str, message: object) -> None:
-        if isinstance(message, SwapOutcome | Discarded):
+        if isinstance(message, _RECORDED):
             self._records.add(message)
             self._resolve()
         elif isinstance(message, PurifyRequest) and not self._left_end:
@@ -672,12 +746,15 @@ class EndNode(_NodeBase):
 
     def _resolve(self) -> None:
         rightwards = self._left_end
-        for held in list(self._unresolved):
-            status, far, frame = self._records.walk(held.label, rightwards, self._target)
+        target = self._target
+        records = self._records
+        unresolved = self._unresolved
+        for held in list(unresolved):
+            status, far, frame = records.walk(held.label, rightwards, target)
             if status == "pending":
                 continue
-            self._unresolved.remove(held)
-            self._records.forget(held.label, rightwards, self._target)
+            unresolved.remove(held)
+            records.forget(held.label, rightwards, target)
             if status == "failed":
                 self.stats.failed += 1
                 self._port.discard(held.slot)
@@ -689,7 +766,8 @@ class EndNode(_NodeBase):
             pair_id = held.label if self._left_end else far
             self._pairs[pair_id] = (held.slot, 0)
             self._advance(pair_id)
-        self._serve_requests()
+        if self._requests:
+            self._serve_requests()
 
     # -- purification ---------------------------------------------------------------------------------
 

@@ -65,6 +65,7 @@ Randomness: one ``random.Random(seed)`` per medium, used in a fixed order, so a 
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import random
@@ -75,7 +76,15 @@ from typing import Protocol
 
 from agent.drivers.clock import Clock, TimerHandle
 from qsdn.errors import ConfigError, DriverError
-from qsdn.physics.entanglement import BellState, bbpssw, dejmps, dephase, depolarise, swap
+from qsdn.physics.entanglement import (
+    BellState,
+    Probabilities,
+    bbpssw,
+    dejmps,
+    dephase_p,
+    depolarise_p,
+    swap_p,
+)
 
 __all__ = [
     "Basis",
@@ -92,7 +101,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_MIXED = BellState((0.25, 0.25, 0.25, 0.25))
+_MIXED: Probabilities = (0.25, 0.25, 0.25, 0.25)
+_INF = math.inf
 
 
 class Basis(StrEnum):
@@ -159,6 +169,33 @@ class BsmResult:
     bits: int
 
 
+# Hot-path constructors. A frozen dataclass's __init__ sets each field with object.__setattr__, found
+# anew per field; these set the slots through their descriptors (same object, half the time).
+_HERALD_FIELDS = tuple(
+    getattr(Herald, name).__set__
+    for name in ("hop", "label", "slot", "partner_node", "partner_slot", "frame")
+)
+
+
+def _new_herald(
+    hop: int, label: tuple[int, int], slot: int, partner_node: str, partner_slot: int, frame: int
+) -> Herald:
+    """``Herald(hop, label, slot, partner_node, partner_slot, frame)``, for the medium's hot path."""
+    herald: Herald = object.__new__(Herald)
+    set_hop, set_label, set_slot, set_partner_node, set_partner_slot, set_frame = _HERALD_FIELDS
+    set_hop(herald, hop)
+    set_label(herald, label)
+    set_slot(herald, slot)
+    set_partner_node(herald, partner_node)
+    set_partner_slot(herald, partner_slot)
+    set_frame(herald, frame)
+    return herald
+
+
+#: Every Bell-measurement result, by ``[ok][bits]`` (results are immutable values).
+_BSM_RESULTS = (tuple(BsmResult(False, b) for b in range(4)), tuple(BsmResult(True, b) for b in range(4)))
+
+
 @dataclass(slots=True, eq=False)
 class _Qubit:
     node: str
@@ -170,10 +207,13 @@ class _Qubit:
 
 @dataclass(slots=True, eq=False)
 class _Pair:
+    """A live pair: ``p`` is its Bell-diagonal state (a :class:`BellState`'s probabilities), decohered
+    up to its qubits' ``touched_s``."""
+
     label: tuple[int, int]
     a: _Qubit
     b: _Qubit
-    state: BellState
+    p: Probabilities
     frame: int = 0
 
     def other(self, q: _Qubit) -> _Qubit:
@@ -272,56 +312,84 @@ class QuantumMedium:
 
     def request_pair(self, hop: int, node: str, slot: int) -> None:
         """Offer free slot ``slot`` of ``node`` to ``hop``; attempts start once both ends have offered one."""
-        st = self._station(hop)
-        if node not in (st.spec.left, st.spec.right):
-            raise DriverError(f"node {node} is not an end of hop {hop}")
-        if node in st.requests:
-            raise DriverError(f"node {node} already offered a slot to hop {hop}")
-        if (node, slot) in self._qubits:
-            raise DriverError(f"node {node}: slot {slot} is not free")
-        st.requests[node] = slot
-        if len(st.requests) == 2 and st.timer is None:
-            attempts = sample_geometric(self._rng, st.spec.p)
-            st.timer = self._clock.call_later(attempts * st.spec.attempt_s, lambda: self._herald(st))
+        self._offer(node, hop, slot)
 
     def generating(self, hop: int, node: str) -> bool:
         """Whether ``node`` has a slot offered to ``hop`` (attempting or waiting for the other end)."""
-        return node in self._station(hop).requests
+        return self._offered(node, hop)
+
+    # Node first, so that a NodePort can bind them to its node.
+
+    def _offer(self, node: str, hop: int, slot: int) -> None:
+        st = self._stations.get(hop)
+        if st is None:
+            raise DriverError(f"no heralding station for hop {hop}")
+        spec = st.spec
+        if node != spec.left and node != spec.right:
+            raise DriverError(f"node {node} is not an end of hop {hop}")
+        requests = st.requests
+        if node in requests:
+            raise DriverError(f"node {node} already offered a slot to hop {hop}")
+        if (node, slot) in self._qubits:
+            raise DriverError(f"node {node}: slot {slot} is not free")
+        requests[node] = slot
+        if len(requests) == 2 and st.timer is None:
+            p = spec.p  # sample_geometric, spelt out
+            attempts = 1 if p >= 1.0 else 1 + int(math.log1p(-self._rng.random()) / math.log1p(-p))
+            st.timer = self._clock.call_later(attempts * spec.attempt_s, functools.partial(self._herald, st))
+
+    def _offered(self, node: str, hop: int) -> bool:
+        st = self._stations.get(hop)
+        if st is None:
+            raise DriverError(f"no heralding station for hop {hop}")
+        return node in st.requests
 
     def _herald(self, st: _Station) -> None:
         st.timer = None
         spec = st.spec
-        left_slot, right_slot = st.requests.pop(spec.left), st.requests.pop(spec.right)
+        left, right = spec.left, spec.right
+        left_slot, right_slot = st.requests.pop(left), st.requests.pop(right)
         now = self._clock.now()
-        qa = _Qubit(spec.left, left_slot, now)
-        qb = _Qubit(spec.right, right_slot, now)
-        frame = self._rng.choice((2, 3))  # |Psi+> or |Psi->, by the detector pattern
+        qa = _Qubit(left, left_slot, now)
+        qb = _Qubit(right, right_slot, now)
+        # |Psi+> or |Psi->, by the detector pattern: rng.choice((2, 3)) spelt out (same draws).
+        getrandbits = self._rng.getrandbits
+        r = getrandbits(2)
+        while r >= 2:
+            r = getrandbits(2)
+        frame = 2 + r
         st.seq += 1
-        label = (spec.hop, st.seq)
-        pair = _Pair(label, qa, qb, spec.state, frame)
+        hop = spec.hop
+        label = (hop, st.seq)
+        pair = _Pair(label, qa, qb, spec.state.p, frame)
         qa.pair = qb.pair = pair
-        self._qubits[(spec.left, left_slot)] = qa
-        self._qubits[(spec.right, right_slot)] = qb
-        for node, herald in (
-            (spec.left, Herald(spec.hop, label, left_slot, spec.right, right_slot, frame)),
-            (spec.right, Herald(spec.hop, label, right_slot, spec.left, left_slot, frame)),
-        ):
-            callback = self._herald_cb.get(node)
-            if callback is not None:
-                callback(herald)
+        qubits = self._qubits
+        qubits[(left, left_slot)] = qa
+        qubits[(right, right_slot)] = qb
+        callback = self._herald_cb.get(left)
+        if callback is not None:
+            callback(_new_herald(hop, label, left_slot, right, right_slot, frame))
+        callback = self._herald_cb.get(right)
+        if callback is not None:
+            callback(_new_herald(hop, label, right_slot, left, left_slot, frame))
 
     # -- decoherence --------------------------------------------------------------------------------
 
-    def _touch(self, q: _Qubit) -> None:
-        now = self._clock.now()
+    def _touch(self, q: _Qubit, now: float) -> None:
+        """Decohere ``q`` (its pair, or its collapsed value) from its last touch to ``now``."""
         dt = now - q.touched_s
-        q.touched_s = now
         if dt <= 0:
             return
+        q.touched_s = now
         mem = self._mem[q.node]
-        if q.pair is not None:
-            s = depolarise(q.pair.state, dt, mem.coherence_s, qubits=1)
-            q.pair.state = dephase(s, dt, mem.t2_s, qubits=1)
+        pair = q.pair
+        if pair is not None:
+            # depolarise(..., qubits=1) then dephase(..., qubits=1), on the bare probabilities.
+            coherence_s, t2_s = mem.coherence_s, mem.t2_s
+            if coherence_s != _INF:
+                pair.p = depolarise_p(pair.p, math.exp(-dt / coherence_s))
+            if t2_s != _INF:
+                pair.p = dephase_p(pair.p, (1.0 - math.exp(-dt / t2_s)) / 2.0)
         elif q.collapsed is not None:
             basis, value = q.collapsed
             flip = (1.0 - math.exp(-dt / mem.coherence_s)) / 2.0
@@ -332,23 +400,39 @@ class QuantumMedium:
                 q.collapsed = (basis, value ^ 1)
 
     def _get(self, node: str, slot: int) -> _Qubit:
-        try:
-            return self._qubits[(node, slot)]
-        except KeyError:
-            raise DriverError(f"node {node}: slot {slot} holds no qubit") from None
+        q = self._qubits.get((node, slot))
+        if q is None:
+            raise DriverError(f"node {node}: slot {slot} holds no qubit")
+        return q
 
-    def _touch_pair(self, pair: _Pair) -> None:
-        self._touch(pair.a)
-        self._touch(pair.b)
+    def _touch_pair(self, pair: _Pair, now: float) -> None:
+        """``_touch`` both qubits of a live pair (a then b), without a call per qubit."""
+        p = pair.p
+        mem = self._mem
+        for q in (pair.a, pair.b):
+            dt = now - q.touched_s
+            if dt > 0:
+                q.touched_s = now
+                spec = mem[q.node]
+                if spec.coherence_s != _INF:
+                    p = depolarise_p(p, math.exp(-dt / spec.coherence_s))
+                if spec.t2_s != _INF:
+                    p = dephase_p(p, (1.0 - math.exp(-dt / spec.t2_s)) / 2.0)
+        pair.p = p
 
     # -- node operations ----------------------------------------------------------------------------
 
     def apply_pauli(self, node: str, slot: int, pauli: int) -> None:
         """A Pauli gate (index 0..3: I, Z, X, Y) on the qubit in ``slot``."""
-        q = self._get(node, slot)
-        self._touch(q)
-        if q.pair is not None:
-            q.pair.frame ^= pauli & 3
+        q = self._qubits.get((node, slot))
+        if q is None:
+            raise DriverError(f"node {node}: slot {slot} holds no qubit")
+        now = self._clock.now()
+        if q.touched_s < now:
+            self._touch(q, now)
+        pair = q.pair
+        if pair is not None:
+            pair.frame ^= pauli & 3
         elif q.collapsed is not None:
             basis, value = q.collapsed
             flips = (pauli >> 1) & 1 if basis is Basis.Z else pauli & 1
@@ -358,44 +442,49 @@ class QuantumMedium:
         """Bell-state measurement on two slots of one node (frees both)."""
         q1, q2 = self._get(node, slot1), self._get(node, slot2)
         a = self._mem[node].swap_success
-        ok = a >= 1.0 or self._rng.random() < a
-        bits = self._rng.getrandbits(2)
+        rng = self._rng
+        ok = a >= 1.0 or rng.random() < a
+        bits = rng.getrandbits(2)
         p1, p2 = q1.pair, q2.pair
-        del self._qubits[(node, slot1)], self._qubits[(node, slot2)]
+        qubits = self._qubits
+        del qubits[(node, slot1)], qubits[(node, slot2)]
         if p1 is None or p2 is None or p1 is p2:
             # Measuring an unentangled qubit (or both halves of one pair) entangles nothing.
             for p in (p1, p2):
                 if p is not None:
                     self._orphan(p.other(q1 if p is p1 else q2), p)
-            return BsmResult(ok, bits)
-        self._touch_pair(p1)
-        self._touch_pair(p2)
-        x, y = p1.other(q1), p2.other(q2)
+            return _BSM_RESULTS[ok][bits]
+        now = self._clock.now()
+        self._touch_pair(p1, now)
+        self._touch_pair(p2, now)
+        x = p1.b if q1 is p1.a else p1.a
+        y = p2.b if q2 is p2.a else p2.a
         if not ok:
             self._orphan(x, p1)
             self._orphan(y, p2)
-            return BsmResult(False, bits)
-        pair = _Pair(p1.label, x, y, swap(p1.state, p2.state), p1.frame ^ p2.frame ^ bits)
+            return _BSM_RESULTS[False][bits]
+        pair = _Pair(p1.label, x, y, swap_p(p1.p, p2.p), p1.frame ^ p2.frame ^ bits)
         x.pair = y.pair = pair
-        return BsmResult(True, bits)
+        return _BSM_RESULTS[True][bits]
 
     def _orphan(self, q: _Qubit, pair: _Pair) -> None:
         if q.pair is pair:
-            self._touch(q)
+            self._touch(q, self._clock.now())
             q.pair = None
             q.collapsed = None
 
     def measure(self, node: str, slot: int, basis: Basis) -> int:
         """Measure the qubit in ``slot`` in ``basis`` (frees the slot); returns the outcome bit."""
         q = self._get(node, slot)
-        self._touch(q)
+        now = self._clock.now()
+        self._touch(q, now)
         del self._qubits[(node, slot)]
         pair = q.pair
         if pair is not None:
             partner = pair.other(q)
-            self._touch(partner)
+            self._touch(partner, now)
             outcome = self._rng.getrandbits(1)
-            error = self._sample_error(pair.state) ^ pair.frame
+            error = self._sample_error(pair.p) ^ pair.frame
             flip = (error >> 1) & 1 if basis is Basis.Z else error & 1
             partner.pair = None
             partner.collapsed = (basis, outcome ^ flip)
@@ -404,10 +493,10 @@ class QuantumMedium:
             return q.collapsed[1]
         return self._rng.getrandbits(1)
 
-    def _sample_error(self, state: BellState) -> int:
+    def _sample_error(self, p: Probabilities) -> int:
         u = self._rng.random()
         acc = 0.0
-        for i, pi in enumerate(state.p):
+        for i, pi in enumerate(p):
             acc += pi
             if u < acc:
                 return i
@@ -435,13 +524,14 @@ class QuantumMedium:
                 raise DriverError(
                     f"node {node}: slots {keep_slot}, {sacrifice_slot} do not share a partner node"
                 )
-            self._touch_pair(pk)
-            self._touch_pair(ps)
+            now = self._clock.now()
+            self._touch_pair(pk, now)
+            self._touch_pair(ps, now)
             fn = bbpssw if protocol is PurificationProtocol.BBPSSW else dejmps
-            p_ok, out = fn(pk.state, ps.state)
+            p_ok, out = fn(BellState.trusted(pk.p), BellState.trusted(ps.p))
             ok = self._rng.random() < p_ok
             bit = self._rng.getrandbits(1)
-            pk.state = out if ok else _MIXED
+            pk.p = out.p if ok else _MIXED
             ps_other = ps.other(sac)
             ps_other.pair = None  # measured by the far end's half of the round
             job = _Purification({node: bit, other.node: bit ^ (0 if ok else 1)}, set())
@@ -460,8 +550,8 @@ class QuantumMedium:
         q = self._qubits.get((node, slot))
         if q is None or q.pair is None:
             return None
-        self._touch_pair(q.pair)
-        return q.pair.state
+        self._touch_pair(q.pair, self._clock.now())
+        return BellState.trusted(q.pair.p)
 
     def port(self, node: str) -> NodePort:
         """The operations of one node's hardware (what its controller is given)."""
@@ -517,20 +607,17 @@ class HardwarePort(Protocol):
 class NodePort:
     """One node's view of the hardware: operations on its own memory slots only."""
 
-    __slots__ = ("_medium", "node")
+    __slots__ = ("_medium", "apply_pauli", "discard", "generating", "node", "request_pair")
 
     def __init__(self, medium: QuantumMedium, node: str) -> None:
         self._medium = medium
         self.node = node
-
-    def request_pair(self, hop: int, slot: int) -> None:
-        self._medium.request_pair(hop, self.node, slot)
-
-    def generating(self, hop: int) -> bool:
-        return self._medium.generating(hop, self.node)
-
-    def apply_pauli(self, slot: int, pauli: int) -> None:
-        self._medium.apply_pauli(self.node, slot, pauli)
+        # The operations the engines call most, bound to this node (no frame of their own):
+        # request_pair(hop, slot), generating(hop), apply_pauli(slot, pauli), discard(slot).
+        self.request_pair: Callable[[int, int], None] = functools.partial(medium._offer, node)
+        self.generating: Callable[[int], bool] = functools.partial(medium._offered, node)
+        self.apply_pauli: Callable[[int, int], None] = functools.partial(medium.apply_pauli, node)
+        self.discard: Callable[[int], None] = functools.partial(medium.discard, node)
 
     def bell_measure(self, slot1: int, slot2: int) -> BsmResult:
         return self._medium.bell_measure(self.node, slot1, slot2)
@@ -538,16 +625,13 @@ class NodePort:
     def measure(self, slot: int, basis: Basis) -> int:
         return self._medium.measure(self.node, slot, basis)
 
-    def discard(self, slot: int) -> None:
-        self._medium.discard(self.node, slot)
-
     def purify_local(self, keep_slot: int, sacrifice_slot: int, protocol: PurificationProtocol) -> int:
         return self._medium.purify_local(self.node, keep_slot, sacrifice_slot, protocol)
 
     # -- the HardwarePort forms: the outcome goes to the callback at once --------------------------------
 
     def bell_measure_then(self, slot1: int, slot2: int, done: Callable[[BsmResult], None]) -> None:
-        done(self.bell_measure(slot1, slot2))
+        done(self._medium.bell_measure(self.node, slot1, slot2))
 
     def measure_then(self, slot: int, basis: Basis, done: Callable[[int], None]) -> None:
         done(self.measure(slot, basis))
