@@ -25,6 +25,8 @@ from qsdn.errors import ConfigError
 
 __all__ = ["AsyncioClock", "Clock", "TimerHandle", "VirtualClock"]
 
+_heappush = heapq.heappush
+
 
 class TimerHandle(Protocol):
     """A scheduled callback."""
@@ -100,7 +102,7 @@ class VirtualClock:
             when = self._now
         handle = _VirtualHandle(when, callback)
         self._seq = seq = self._seq + 1
-        heapq.heappush(self._heap, (when, seq, handle))
+        _heappush(self._heap, (when, seq, handle))
         return handle
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
@@ -109,7 +111,7 @@ class VirtualClock:
         when = self._now + delay
         handle = _VirtualHandle(when, callback)
         self._seq = seq = self._seq + 1
-        heapq.heappush(self._heap, (when, seq, handle))
+        _heappush(self._heap, (when, seq, handle))
         return handle
 
     def step(self) -> bool:

@@ -118,6 +118,25 @@ class SwapOutcome:
     bits: int
 
 
+# A frozen dataclass's __init__ looks object.__setattr__ up anew per field; the repeaters' hot path sets
+# the slots through their descriptors instead (the same object, in half the time).
+_SWAP_OUTCOME_FIELDS = tuple(
+    getattr(SwapOutcome, name).__set__ for name in ("repeater", "left", "right", "ok", "bits")
+)
+
+
+def _new_swap_outcome(repeater: str, left: Label, right: Label, ok: bool, bits: int) -> SwapOutcome:
+    """``SwapOutcome(repeater, left, right, ok, bits)``."""
+    outcome: SwapOutcome = object.__new__(SwapOutcome)
+    set_repeater, set_left, set_right, set_ok, set_bits = _SWAP_OUTCOME_FIELDS
+    set_repeater(outcome, repeater)
+    set_left(outcome, left)
+    set_right(outcome, right)
+    set_ok(outcome, ok)
+    set_bits(outcome, bits)
+    return outcome
+
+
 @dataclass(frozen=True, slots=True)
 class Discarded:
     """A node reset the memory holding its qubit of pair ``label``."""
@@ -587,7 +606,7 @@ class RepeaterNode(_NodeBase):
             self.stats.swap_failures += 1
         logger.debug("repeater %s: swapped %s with %s ok=%s", self.name, left.label, right.label, result.ok)
         self._announce(
-            SwapOutcome(self.name, left.label, right.label, result.ok, result.bits), self._audience
+            _new_swap_outcome(self.name, left.label, right.label, result.ok, result.bits), self._audience
         )
         self._release(_LEFT, left.slot)
         self._release(_RIGHT, right.slot)
@@ -726,7 +745,12 @@ class EndNode(_NodeBase):
         self._unresolved.append(held)
         if self._herald_ends_round and self._rounds is not None:
             self._rounds.report(self.name, self._round, True)  # no repeater: the herald ends the round
-        self._resolve()
+        # The records are as the last _resolve left them, every older pair pending under them: only
+        # the new pair can resolve now. If it cannot, _resolve would change nothing.
+        if self._records.walk(held.label, self._left_end, self._target)[0] != "pending":
+            self._resolve()
+        elif self._requests:
+            self._serve_requests()
 
     def on_message(self, src: str, message: object) -> None:
         if isinstance(message, _RECORDED):

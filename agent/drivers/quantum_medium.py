@@ -468,8 +468,9 @@ class QuantumMedium:
         return _BSM_RESULTS[True][bits]
 
     def _orphan(self, q: _Qubit, pair: _Pair) -> None:
+        # No _touch: it would only decohere the state of a pair nobody can reach any more, and an
+        # unentangled qubit without a collapsed value has nothing left to decohere.
         if q.pair is pair:
-            self._touch(q, self._clock.now())
             q.pair = None
             q.collapsed = None
 
