@@ -241,3 +241,150 @@ def test_key_store_file_is_private_whatever_the_umask(tmp_path: Path) -> None:
     for p in tmp_path.glob("keys.sqlite*"):
         assert stat.S_IMODE(p.stat().st_mode) == 0o600, p
     store.close()
+
+
+# The schema of version 1 (agent/keystore.py before 69acb6a), as an agent of that version wrote it.
+_V1_SCHEMA = """
+CREATE TABLE IF NOT EXISTS blocks (
+    qkdl_id       TEXT    NOT NULL,
+    block_id      TEXT    NOT NULL,
+    bits          INTEGER NOT NULL CHECK (bits > 0),
+    consumed_bits INTEGER NOT NULL DEFAULT 0 CHECK (consumed_bits BETWEEN 0 AND bits),
+    key           BLOB,
+    added_at      REAL    NOT NULL,
+    PRIMARY KEY (qkdl_id, block_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS accounting (
+    id          INTEGER PRIMARY KEY AUTOINCREMENT,
+    qkdl_id     TEXT    NOT NULL,
+    block_id    TEXT    NOT NULL,
+    offset_bits INTEGER NOT NULL,
+    nbits       INTEGER NOT NULL,
+    kind        TEXT    NOT NULL CHECK (kind IN ('consumed', 'discarded')),
+    consumer    TEXT    NOT NULL,
+    at          REAL    NOT NULL
+);
+CREATE INDEX IF NOT EXISTS accounting_link ON accounting (qkdl_id, kind);
+CREATE INDEX IF NOT EXISTS accounting_consumer ON accounting (consumer);
+CREATE INDEX IF NOT EXISTS blocks_live ON blocks (qkdl_id, block_id, bits, consumed_bits)
+    WHERE key IS NOT NULL;
+CREATE TABLE IF NOT EXISTS taken (
+    qkdl_id     TEXT    NOT NULL,
+    block_id    TEXT    NOT NULL,
+    offset_bits INTEGER NOT NULL,
+    nbits       INTEGER NOT NULL CHECK (nbits > 0),
+    PRIMARY KEY (qkdl_id, block_id, offset_bits)
+) WITHOUT ROWID;
+"""
+
+_V1_ACCOUNTING = [
+    ("L1", "a", 0, 32, "consumed", "sae-1", 1_600_000_001.0),
+    ("L1", "b", 0, 20, "consumed", "sae-2", 1_600_000_002.0),
+    ("L1", "b", 40, 8, "consumed", "kme:peer", 1_600_000_003.0),
+    ("L2", "x", 0, 8, "discarded", "kme:abort", 1_600_000_004.0),
+]
+
+
+def _write_v1_store(path: Path) -> None:
+    """A version-1 store in the state an old agent left it: on L1 a used-up block, a block whose
+    frontier moved (bits 0-19) with a range consumed beyond it (bits 40-47, in ``taken``) and a
+    fresh block; on L2 a block partly discarded."""
+    with contextlib.closing(sqlite3.connect(path, isolation_level=None)) as raw:
+        raw.execute("PRAGMA journal_mode=WAL")
+        raw.executescript(_V1_SCHEMA)
+        raw.executemany(
+            "INSERT INTO blocks (qkdl_id, block_id, bits, consumed_bits, key, added_at) VALUES (?, ?, ?, ?, ?, ?)",
+            [
+                ("L1", "a", 32, 32, None, 1_600_000_000.0),
+                ("L1", "b", 64, 20, B2, 1_600_000_000.5),
+                ("L1", "c", 32, 0, B3, 1_600_000_000.7),
+                ("L2", "x", 32, 8, B1, 1_600_000_000.9),
+            ],
+        )
+        raw.execute("INSERT INTO taken (qkdl_id, block_id, offset_bits, nbits) VALUES ('L1', 'b', 40, 8)")
+        raw.executemany(
+            "INSERT INTO accounting (qkdl_id, block_id, offset_bits, nbits, kind, consumer, at)"
+            " VALUES (?, ?, ?, ?, ?, ?, ?)",
+            _V1_ACCOUNTING,
+        )
+        raw.execute("PRAGMA user_version=1")
+
+
+def _dump(path: Path) -> list[str]:
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        return list(raw.iterdump())
+
+
+def test_version_1_store_is_upgraded_intact(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "keys.db"
+    _write_v1_store(path)
+    caplog.set_level(logging.INFO, logger="agent.keystore")
+
+    ks = KeyStore(path, now=FakeNow())
+    try:
+        assert caplog.text.count("schema upgraded from version 1 to 2") == 1
+        # totals, blocks and accounting as the old agent left them
+        assert ks.stored_bits("L1") == (64 - 20 - 8) + 32
+        assert ks.stored_bits("L2") == 24
+        assert ks.links() == ["L1", "L2"]
+        assert ks.blocks("L1") == [BlockInfo("b", 64), BlockInfo("c", 32)]
+        assert ks.get_block("L1", "b") == B2
+        assert ks.get_block("L1", "c") == B3
+        with pytest.raises(KeyStoreError, match="used up"):
+            ks.get_block("L1", "a")
+        got = [
+            (r.qkdl_id, r.block_id, r.offset_bits, r.nbits, r.kind, r.consumer, r.at)
+            for r in ks.accounting("L1")
+        ]
+        assert (
+            got
+            + [
+                (r.qkdl_id, r.block_id, r.offset_bits, r.nbits, r.kind, r.consumer, r.at)
+                for r in ks.accounting("L2")
+            ]
+            == _V1_ACCOUNTING
+        )
+        assert (ks.consumed_bits("L1"), ks.discarded_bits("L1")) == (60, 0)
+        assert (ks.consumed_bits("L2"), ks.discarded_bits("L2")) == (0, 8)
+
+        # further consumption honours the old frontier and the old taken range
+        with pytest.raises(KeyStoreError, match="already consumed"):
+            ks.consume_ranges("L1", [KeyRange("b", 10, 4)], "late")
+        with pytest.raises(KeyStoreError, match="already consumed"):
+            ks.consume_ranges("L1", [KeyRange("b", 44, 8)], "late")
+        first = ks.consume("L1", 30, consumer="after upgrade")
+        assert first.ranges == [KeyRange("b", 20, 20), KeyRange("b", 48, 10)]
+        assert _bits(first.key) == _bits(B2)[20:40] + _bits(B2)[48:58] + "00"
+        rest = ks.consume_ranges("L1", [KeyRange("b", 58, 6)], "peer after upgrade")
+        assert _bits(rest.key) == _bits(B2)[58:64] + "00"
+        assert ks.blocks("L1") == [BlockInfo("c", 32)]  # block b used up, its key erased
+        assert ks.stored_bits("L1") == 32
+        assert ks.consumed_bits("L1") == 96
+        nxt = ks.consume("L1", 8, consumer="next")
+        assert nxt.ranges == [KeyRange("c", 0, 8)] and nxt.key == B3[:1]
+        assert ks.consume("L2", 24).key == B1[1:]
+    finally:
+        ks.close()
+
+    with contextlib.closing(sqlite3.connect(path)) as raw:
+        assert raw.execute("PRAGMA user_version").fetchone()[0] == 2
+        tables = dict(raw.execute("SELECT name, sql FROM sqlite_master WHERE type = 'table'").fetchall())
+        assert "blocks_v1" not in tables
+        assert "WITHOUT ROWID" not in tables["blocks"]  # a rowid table: blob I/O on keys
+        indexes = {r[0] for r in raw.execute("SELECT name FROM sqlite_master WHERE type = 'index'")}
+        assert {"blocks_live", "accounting_link", "accounting_consumer"} <= indexes
+        # block b's old frontier and taken range are gone with its key; c's first 8 bits are in taken
+        assert raw.execute("SELECT * FROM taken").fetchall() == [("L1", "c", 0, 8)]
+        assert raw.execute("SELECT key IS NULL FROM blocks WHERE block_id = 'b'").fetchone()[0] == 1
+
+    # a second open is a no-op: nothing upgraded, not a byte of content changed
+    before = _dump(path)
+    caplog.clear()
+    ks = KeyStore(path, now=FakeNow())
+    try:
+        assert "upgraded" not in caplog.text
+        assert ks.stored_bits("L1") == 24
+        assert ks.consumed_bits("L1") == 104
+    finally:
+        ks.close()
+    assert _dump(path) == before
