@@ -254,6 +254,7 @@ module: qsdn-entanglement
              +--rw target_rate_pairs_per_s?   decimal64
              +--rw application                enumeration
              +--rw key_qkdl_id?               -> /etsi-qkdn:qkd_node/qkd_links/qkd_link/qkdl_id
+             +--rw clients*                   inet:uri
              +--ro status?                    session-status
              +--ro achieved_fidelity?         fidelity
              +--ro rate_pairs_per_s?          pair-rate
@@ -421,6 +422,8 @@ def test_entanglement_defaults_and_state() -> None:
         ):
             assert node(state).config_false(), state
         assert not node("sessions/session/key_qkdl_id").config_false()
+        assert not node("sessions/session/clients").config_false()
+        assert node("sessions/session/clients").keyword() == "leaf-list"
         # A node without entanglement hardware has no entanglement container: the mandatory
         # leaves inside bind only once the container is there.
         assert next(ctx.find_path(ent)).presence() is not None

@@ -87,6 +87,8 @@ VALID_INSTANCES: dict[str, str] = {
     "entanglement-chain-end-b.xml": "config",
     "entanglement-midpoint-station.xml": "config",
     "entanglement-end-a-state.json": "data",
+    # A pairs session whose applications at end B are named for the entanglement delivery API.
+    "entanglement-pairs-end-b.xml": "config",
     "notif-entanglement-session-update.xml": "notif",
 }
 
@@ -169,6 +171,10 @@ INVALID_INSTANCES: dict[str, Rejection] = {
     "invalid-ent-key-link-for-pairs.xml": Rejection(
         "config", "key_qkdl_id belongs to bbm92-key sessions only"
     ),
+    "invalid-ent-clients-on-repeater.json": Rejection(
+        "config", "clients is set on a repeater: a repeater holds no end of any pair"
+    ),
+    "invalid-ent-clients-for-bbm92.xml": Rejection("config", "clients belongs to pairs sessions only"),
     "invalid-ent-key-link-dangling.xml": Rejection(
         "config", 'Invalid leafref value "2e000000-0000-4000-8000-0000000000ff" - no target instance'
     ),
