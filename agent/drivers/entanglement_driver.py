@@ -20,9 +20,15 @@ it. A repeater's driver holds its engine, its slots and counters; its engine is 
 message, and no key exists at a repeater (``key_qkdl_id`` is refused there by the YANG model).
 
 Key: at the ends of a ``bbm92-key`` session, every BBM92 block goes into the agent's key store under
-``key_qkdl_id``, block id ``bbm92-<first 8 hex digits of the session id>-<block number>`` (so blocks sort
-in generation order; both ends name a block alike). The KME serves that VIRT link directly
-(:mod:`agent.kme.authz`).
+``key_qkdl_id``, block id ``bbm92-<first 8 hex digits of the session id>-<run nonce>-<block number>``.
+The run nonce is chosen by the leader (left) end each time it starts the session (the milliseconds of
+its clock in 11 hexadecimal digits, then 8 random ones) and sent to the other end over the session's
+classical channel (:class:`~agent.drivers.medium_service.KeyRun`) before every block's ``BlockStart``,
+so both ends name a block alike, blocks sort in generation order across runs too, and a session
+recreated with the same id (a configuration edit, an agent restart, a reconnection to the medium)
+never repeats a block id, which both key stores would refuse (a block id already used up, or the same
+id with other bytes). The KME serves that VIRT link directly (:mod:`agent.kme.authz`), and trusted
+relays use it as a hop (:mod:`agent.kme.relay`).
 
 Pairs: at the ends of a ``pairs`` session, delivered pairs wait in a bounded queue
 (:meth:`EmulatedEntanglementDriver.pairs`, the node API for other applications; the oldest waiting pair
@@ -41,6 +47,8 @@ import contextlib
 import functools
 import logging
 import random
+import secrets
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,7 +62,7 @@ from agent.drivers.base import (
     MemoryState,
     SessionState,
 )
-from agent.drivers.bbm92 import BasisAnnounce, Bbm92Config, Bbm92Endpoint, KeySink
+from agent.drivers.bbm92 import BasisAnnounce, Bbm92Config, Bbm92Endpoint, BlockStart, KeySink
 from agent.drivers.clock import AsyncioClock
 from agent.drivers.emulated_entanglement import (
     ChainLayout,
@@ -67,6 +75,7 @@ from agent.drivers.emulated_entanglement import (
 from agent.drivers.medium_service import (
     FrameDecoder,
     FrameError,
+    KeyRun,
     decode_message,
     encode_frame,
     encode_message,
@@ -363,15 +372,68 @@ class _AsyncBbm92(Bbm92Endpoint):
             self._sift(pair_id, basis, outcome, peer)
 
 
-class _SessionSink:
-    """The key store, with block ids that name the session."""
+def run_nonce() -> str:
+    """A fresh run nonce: sortable by the time it was chosen, unique by its random part."""
+    return f"{time.time_ns() // 1_000_000:011x}{secrets.token_hex(4)}"
 
-    def __init__(self, sink: KeySink, session_id: str) -> None:
+
+class _SessionSink:
+    """The key store, with block ids that name the session and its run (module docstring).
+
+    The leader knows the run nonce (its own); the follower learns it from the :class:`KeyRun` that
+    precedes each block's ``BlockStart`` and remembers it per block until the block is stored."""
+
+    #: blocks the follower remembers a nonce for, beyond the newest (older ones failed verification)
+    KEEP_BLOCKS = 64
+
+    def __init__(self, sink: KeySink, session_id: str, node: str, nonce: str | None) -> None:
         self._sink = sink
+        self._node = node
+        self._session = session_id
         self._prefix = f"bbm92-{session_id.replace('-', '')[:8]}-"
+        self._nonce = nonce
+        self._current: str | None = None
+        self._nonces: dict[int, str] = {}
+
+    def wrap_send(self, send: Callable[[object], None]) -> Callable[[object], None]:
+        """The leader's send: a :class:`KeyRun` before every ``BlockStart``."""
+        nonce = self._nonce
+        assert nonce is not None
+
+        def sending(message: object) -> None:
+            if isinstance(message, BlockStart):
+                send(KeyRun(nonce))
+            send(message)
+
+        return sending
+
+    def wrap_receive(self, receive: Callable[[str, object], None]) -> Callable[[str, object], None]:
+        """The follower's receive: learns the nonce of each block from the preceding :class:`KeyRun`."""
+
+        def receiving(src: str, message: object) -> None:
+            if isinstance(message, KeyRun):
+                self._current = message.nonce
+                return
+            if isinstance(message, BlockStart) and self._current is not None:
+                self._nonces[message.block_no] = self._current
+                for old in [n for n in self._nonces if n < message.block_no - self.KEEP_BLOCKS]:
+                    del self._nonces[old]
+            receive(src, message)
+
+        return receiving
 
     def add_block(self, qkdl_id: str, block_id: str, key: bytes) -> bool:
-        return self._sink.add_block(qkdl_id, self._prefix + block_id.removeprefix("bbm92-"), key)
+        number = block_id.removeprefix("bbm92-")
+        nonce = self._nonce if self._nonce is not None else self._nonces.pop(int(number), None)
+        if nonce is None:
+            log.warning(
+                "node %s: session %s: BBM92 block %s came without its run nonce; not stored",
+                self._node,
+                self._session,
+                number,
+            )
+            return False
+        return self._sink.add_block(qkdl_id, f"{self._prefix}{nonce}-{number}", key)
 
 
 class PairQueue:
@@ -690,17 +752,20 @@ class EmulatedEntanglementDriver:
             if spec.application == "bbm92-key":
                 if spec.key_qkdl_id is None:
                     raise DriverError(f"session {sid}: a bbm92-key end needs key_qkdl_id")
+                leader = engine.is_left_end
+                sink = _SessionSink(self._keystore, sid, self.node_id, run_nonce() if leader else None)
                 ep = _AsyncBbm92(
                     self.node_id,
                     spec.key_qkdl_id,
-                    leader=engine.is_left_end,
-                    send=engine.send_to_peer,
-                    sink=_SessionSink(self._keystore, sid),
+                    leader=leader,
+                    send=sink.wrap_send(engine.send_to_peer) if leader else engine.send_to_peer,
+                    sink=sink,
                     rng=random.SystemRandom(),
                     config=self._bbm92,
                 )
                 run.bbm92 = ep
-                engine.set_application(functools.partial(self._delivered, run, ep.on_pair), ep.on_message)
+                receive = ep.on_message if leader else sink.wrap_receive(ep.on_message)
+                engine.set_application(functools.partial(self._delivered, run, ep.on_pair), receive)
             else:
                 run.pairs = PairQueue()
                 engine.set_application(functools.partial(self._delivered, run, run.pairs.put))

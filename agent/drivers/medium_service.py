@@ -161,9 +161,19 @@ class FrameDecoder:
 
 # -- message codec (used by the nodes; opaque to the medium) ---------------------------------------------
 
+
+@dataclass(frozen=True, slots=True)
+class KeyRun:
+    """The run nonce of a ``bbm92-key`` session: the leader end sends it before every BBM92 block, and
+    both ends put it in the block ids (agent/drivers/entanglement_driver.py)."""
+
+    nonce: str
+
+
 _MESSAGE_TYPES: dict[str, type] = {
     cls.__name__: cls
     for cls in (
+        KeyRun,
         _ent.SwapOutcome,
         _ent.Discarded,
         _ent.PurifyRequest,

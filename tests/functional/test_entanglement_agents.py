@@ -5,7 +5,8 @@ chain (hops shaped so that the chain delivers on the order of a hundred pairs pe
 A ``bbm92-key`` session fills the key store of the VIRT key link at both ends with the same BBM92 blocks,
 which the ETSI GS QKD 014 KMEs serve directly (enc_keys at A, dec_keys at B). The repeater's files, log
 records and driver objects never hold a delivered key byte. Deleting the session stops it and frees the
-memories; an unreachable medium makes the agent refuse the configuration and keep running as it was.
+memories; recreating it with the same id starts a run whose blocks carry a new run nonce (keys keep
+flowing); an unreachable medium makes the agent refuse the configuration and keep running as it was.
 
 No assertion is about wall-clock time: everything polls with a timeout.
 """
@@ -343,23 +344,74 @@ async def test_bbm92_session_delivers_identical_key_served_over_etsi_014(
             await c.close()
 
 
+async def test_recreated_session_names_new_blocks_and_keys_flow(chain: Chain) -> None:
+    """A session recreated with the same id (here: deleted and configured again, twice, after the test
+    above) starts a new run: its blocks carry a new run nonce, so neither key store refuses them as
+    repeats, and ETSI 014 keys keep flowing."""
+    before = {name: set(chain.blocks(name)) for name in ("alice", "bob")}
+    runs: list[set[str]] = []
+    clients = {name: chain.client(name) for name in chain.agents}
+    for c in clients.values():
+        await c.connect()
+    try:
+        for _ in range(2):
+            for name, node in (("repeater", NODE_R), ("bob", NODE_B), ("alice", NODE_A)):
+                assert (await clients[name].edit_config(node_xml(node))).ok
+            seen = set().union(before["alice"], before["bob"], *runs)
+
+            def fresh(name: str, seen: set[str] = seen) -> set[str]:
+                return set(chain.blocks(name)) - seen
+
+            await wait_until(lambda: len(fresh("alice") & fresh("bob")) >= 1, timeout_s=40)
+            new = fresh("alice") & fresh("bob")
+            a_blocks, b_blocks = chain.blocks("alice"), chain.blocks("bob")
+            assert all(a_blocks[k] == b_blocks[k] for k in new)
+            runs.append(new)
+            status, enc = await chain.kme(
+                "alice", "sae-a", "/api/v1/keys/sae-b/enc_keys", {"number": 1, "size": 64}
+            )
+            assert status == 200, enc
+            body = {"key_IDs": [{"key_ID": k["key_ID"]} for k in enc["keys"]]}
+            status, dec = await chain.kme("bob", "sae-b", "/api/v1/keys/sae-a/dec_keys", body)
+            assert status == 200 and dec["keys"] == enc["keys"], dec
+            for c in clients.values():
+                await c.edit_config(DELETE_SESSION)
+            await wait_until(lambda: not chain.medium._sessions, timeout_s=10)
+        # block ids: bbm92-<session>-<run nonce>-<block number>; each run its own nonce, sorting later
+        nonces = [{k.split("-")[2] for k in run} for run in runs]
+        assert all(len(n) == 1 for n in nonces), nonces
+        assert nonces[0] != nonces[1] and min(nonces[0]) < min(nonces[1])
+        assert not any(k.split("-")[2] in nonces[0] | nonces[1] for k in before["alice"])
+    finally:
+        for c in clients.values():
+            await c.close()
+
+
 def _assert_repeater_holds_no_key(chain: Chain, keys: list[bytes], caplog: pytest.LogCaptureFixture) -> None:
+    data_dir = Path(chain.cfgs["repeater"]["data_dir"])
+    assert_node_holds_no_key(chain.agents["repeater"], data_dir, keys, caplog)
+
+
+def assert_node_holds_no_key(
+    agent: NetconfAgent, data_dir: Path, keys: list[bytes], caplog: pytest.LogCaptureFixture
+) -> None:
+    """A repeater's agent holds none of ``keys``: not in its data directory, its log records or any
+    object its entanglement driver reaches."""
     keys = [k for k in keys if len(k) >= 8]
     assert keys
     # Files of its data directory (the key store included) hold configuration and counters only.
-    data_dir = Path(chain.cfgs["repeater"]["data_dir"])
     files = [p for p in data_dir.rglob("*") if p.is_file()]
     assert files
     for path in files:
         content = path.read_bytes()
         assert not [k for k in keys if k in content or k.hex().encode() in content], path
-    assert chain.keystore("repeater").links() == []
+    assert agent.keystore.links() == []
     # Log records: no key byte in any form.
     text = "\n".join(r.getMessage() for r in caplog.records)
     for k in keys:
         assert k.hex() not in text and base64.b64encode(k).decode() not in text
     # Every object its driver can reach, stopping at the event loop, functions and the shared world.
-    driver = chain.agents["repeater"].entanglement
+    driver = agent.entanglement
     assert isinstance(driver, EmulatedEntanglementDriver)
     boundary = (
         asyncio.AbstractEventLoop,
