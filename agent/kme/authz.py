@@ -13,21 +13,24 @@ Any other SAE, or another pair, is refused (401). Only CLIENT applications grant
 application must name this node as ``local_qkdn_id``.
 
 INTERNAL applications authorise relaying (:meth:`Authorisation.relay_grant`): controller/provision.py
-gives every relay node of a VIRT link one INTERNAL application per adjacent PHYS link of the path, with
-``server_app_id`` = ``urn:qsdn:relay:<virt qkdl_id>``, ``backing_qkdl_id`` = that PHYS link and
-``remote_qkdn_id`` = the adjacent node. A relay node takes a hop of a VIRT link from, and passes it to,
-only the neighbours such applications name.
+gives every relay node of a VIRT link one INTERNAL application per adjacent hop link of the path (a PHYS
+link, or the key link of a repeater segment, see below), with ``server_app_id`` =
+``urn:qsdn:relay:<virt qkdl_id>``, ``backing_qkdl_id`` = that link and ``remote_qkdn_id`` = the adjacent
+node. A relay node takes a hop of a VIRT link from, and passes it to, only the neighbours such
+applications name.
 
 The application is the same at both ends (local and remote swapped), so the 015 data does not say at
 which of the two nodes the master SAE is attached: a master may open its session at either end, and
 its keys then wait for the slave at the other. That is harmless (both SAEs are entitled to the keys)
 and is how the KME behaves whichever way round the SAEs are cabled.
 
-Backing links: the first of ``backing_qkdl_id`` that is a PHYS link of this node is used. A VIRT link
+Backing links: the first of ``backing_qkdl_id`` that is a direct link of this node is used. A VIRT link
 is served by trusted relay (:mod:`agent.kme.relay`, :meth:`Authorisation.virt_route`). A PHYS link
 must be enabled and join this node to ``remote_qkdn_id``. A VIRT link with neither ``virt_prev_hop``
 nor ``virt_next_hop`` that is the ``key_qkdl_id`` of a ``qsdn-entanglement`` session (BBM92 key, the
-same blocks at both ends, no relay) is served directly, like a PHYS link (:attr:`LinkInfo.direct`).
+same blocks at both ends, no relay) is served directly, like a PHYS link (:attr:`LinkInfo.direct`), and
+a trusted relay uses it as a hop exactly like a PHYS link (:meth:`Authorisation.hop_to`: a mixed
+session's QKD and repeater segments).
 
 The parsed view is cached per running configuration (the datastore hands out the same string until it
 changes), so a request costs a dictionary lookup.
@@ -112,7 +115,7 @@ class AppGrant:
 @dataclass(frozen=True)
 class InternalGrant:
     """An INTERNAL application: relay capacity of the VIRT link named by ``server_app_id`` reserved on
-    the PHYS link(s) ``backing`` towards node ``remote_qkdn_id``."""
+    the direct link(s) ``backing`` (PHYS or entanglement key links) towards node ``remote_qkdn_id``."""
 
     app_id: str
     server_app_id: str
@@ -126,7 +129,7 @@ RELAY_APP_PREFIX = "urn:qsdn:relay:"
 
 @dataclass(frozen=True)
 class Route:
-    """Where the keys of a session come from: a PHYS link to the peer node."""
+    """Where the keys of a session come from: a direct link (PHYS or entanglement key link) to the peer."""
 
     app: AppGrant
     qkdl_id: str
@@ -149,8 +152,9 @@ class Authorisation:
     internal: tuple[InternalGrant, ...] = ()
 
     def relay_grant(self, virt_qkdl_id: str, qkdl_id: str, node: str) -> InternalGrant | None:
-        """The INTERNAL application that lets this node relay VIRT link ``virt_qkdl_id`` over the PHYS
-        link ``qkdl_id`` with the adjacent ``node``, if the controller configured one."""
+        """The INTERNAL application that lets this node relay VIRT link ``virt_qkdl_id`` over the direct
+        link ``qkdl_id`` (PHYS or entanglement key link) with the adjacent ``node``, if the controller
+        configured one."""
         want = RELAY_APP_PREFIX + virt_qkdl_id
         for app in self.internal:
             if app.server_app_id == want and qkdl_id in app.backing and app.remote_qkdn_id == node:
@@ -162,7 +166,7 @@ class Authorisation:
         return self.by_pair.get((master, slave), ())
 
     def route(self, master: str, slave: str) -> Route:
-        """The PHYS link the pair's keys come from; :class:`RouteError` if none can serve now."""
+        """The direct link the pair's keys come from; :class:`RouteError` if none can serve now."""
         apps = self.apps(master, slave)
         if not apps:
             raise LookupError(f"no application for {master} -> {slave}")
@@ -210,13 +214,19 @@ class Authorisation:
                     return link
         return None
 
-    def phys_to(self, node: str) -> LinkInfo | None:
-        """An enabled PHYS link of this node to the adjacent ``node`` (the lowest qkdl_id)."""
-        for qkdl_id in sorted(self.links):
-            link = self.links[qkdl_id]
-            if link.kind == "PHYS" and link.enabled and link.remote_qkdn_id == node:
-                return link
-        return None
+    def hop_to(self, node: str, virt_qkdl_id: str | None = None) -> LinkInfo | None:
+        """The enabled direct link (PHYS, or an entanglement key link) of this node to the adjacent
+        ``node`` that a relay hop of ``virt_qkdl_id`` runs over: among those the INTERNAL applications of
+        that VIRT link name (a relay), else among all; the lowest qkdl_id."""
+        hops = [
+            link
+            for _, link in sorted(self.links.items())
+            if link.direct and link.enabled and link.remote_qkdn_id == node
+        ]
+        if virt_qkdl_id is not None:
+            granted = [link for link in hops if self.relay_grant(virt_qkdl_id, link.qkdl_id, node)]
+            hops = granted or hops
+        return hops[0] if hops else None
 
     def peer_may_share(self, peer: str, qkdl_id: str, master: str, slave: str) -> str | None:
         """Why the KME of node ``peer`` may not share keys of ``master`` -> ``slave`` over ``qkdl_id``

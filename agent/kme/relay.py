@@ -4,11 +4,13 @@ A CLIENT application backed by a VIRT link X-Y (controller/provision.py: the VIR
 every node of the path, ``virt_next_hop`` naming the next node towards Y) gets its keys like this:
 
 1. The master's KME at X checks the VIRT link's rate (``virt_bandwidth`` bit/s, a token bucket with one
-   second of burst; over it: 503), draws a fresh random key ``K`` (:func:`secrets.token_bytes`) of
-   ``size * number`` bits, assigns the key_IDs and computes the end-to-end digest
+   second of burst but at least ``max_key_size`` bits, so that a session of a few bit/s, as a repeater
+   segment gives, still gets a key of any size now and then; over it: 503), draws a fresh random key
+   ``K`` (:func:`secrets.token_bytes`) of ``size * number`` bits, assigns the key_IDs and computes the
+   end-to-end digest
    ``digest(request_id, virt_qkdl_id, size, number, K)`` (:func:`agent.kme.store.digest`).
 2. For each hop (n, m) along ``virt_next_hop`` the sender n takes a pad ``P`` of the same length from
-   the hop's PHYS link, exactly once at both ends, with the mechanism of direct links: if n is the
+   the hop's link (*Hop links* below), exactly once at both ends, as direct links do: if n is the
    link's drawing end (lower qkdn_id) it ``consume``\\ s ``P`` (journalled as a ``deliver`` request);
    otherwise it sends ``reserve`` and m draws ``P`` and keeps it *on disk* (``kme_pads``, in the same
    transaction as the consumption, so it survives a restart of m) until the ``relay`` op comes, and n
@@ -18,14 +20,25 @@ every node of the path, ``virt_next_hop`` naming the next node towards Y) gets i
    pad), recovers ``K`` and checks the end-to-end digest (any node can: a relay that garbles ``K`` is
    caught by the next node or the far end), then either forwards ``K`` over its own next hop
    (re-padded) and answers when that hop answered, or, at Y, keeps the keys for the slave SAE under the
-   same key_IDs (stored as kept for the last PHYS hop, so that an ``abort`` over that hop erases them).
+   same key_IDs (stored as kept for the last hop's link, so that an ``abort`` over that hop erases them).
 4. Only when the whole chain answered 200 does X hand the keys to the master SAE.
 
+Hop links: a hop runs over a *direct* link between the two nodes (:attr:`agent.kme.authz.LinkInfo.direct`),
+both ends of which hold the same key blocks: a PHYS link (QKD), or the VIRT key link of a quantum repeater
+segment whose two ends are the hop's nodes (no ``virt_prev_hop``/``virt_next_hop``, the ``key_qkdl_id`` of
+the segment's ``qsdn-entanglement`` session, filled with identical BBM92 blocks at both ends). That is
+how a mixed session (controller/entanglement_provision.py) relays: its QKD segments are PHYS hops, its
+repeater segments key-link hops, and nothing here tells them apart: the drawing end (lower qkdn_id),
+the journal, reserved pads, accounting and aborts are the same. The repeaters inside a segment are no
+nodes of the VIRT link and never see a hop. Of several direct links to the next node, a relay takes
+the lowest qkdl_id among those its INTERNAL applications for the VIRT link name, the master the lowest
+(:meth:`agent.kme.authz.Authorisation.hop_to`).
+
 Authorisation: a node takes a hop from node n only if it holds the VIRT link enabled with
-``virt_prev_hop`` n, over an enabled PHYS link to n, and either (a relay) the INTERNAL application
-the controller configured for that VIRT link on that PHYS link towards n
+``virt_prev_hop`` n, over an enabled hop link to n, and either (a relay) the INTERNAL application
+the controller configured for that VIRT link on that hop link towards n
 (:meth:`agent.kme.authz.Authorisation.relay_grant`), or (the far end) a CLIENT application of the SAE
-pair backed by the VIRT link. A relay forwards only over a PHYS link for which it holds the INTERNAL
+pair backed by the VIRT link. A relay forwards only over a hop link for which it holds the INTERNAL
 application towards the next node. Anything else is refused (401, ``unauthorised``).
 
 Several ``virt_next_hop`` entries: the 015 model defines the leaf-list as the next hop(s) "for multicast
@@ -35,7 +48,7 @@ delivers to one slave SAE per request (``max_SAE_ID_count`` 0), and a VIRT link 
 a node whose VIRT link lists several next hops refuses the relay (503, reason ``multicast``, naming
 them), at the master and at relays alike; it never silently uses the first.
 
-Ops (``qkdl_id`` is the hop's PHYS link, ``virt_qkdl_id`` the VIRT link):
+Ops (``qkdl_id`` is the hop's link, PHYS or key link, ``virt_qkdl_id`` the VIRT link):
 
 ``reserve`` ``{op, request_id, qkdl_id, virt_qkdl_id, master_SAE_ID, slave_SAE_ID, size, number}``
     -> 200 ``{"ranges": [...], "digest": <hop digest>}``.
@@ -248,16 +261,17 @@ def parse_relay_op(raw: dict[str, Any], source: str, *, max_keys: int, max_size:
 
 
 class TokenBucket:
-    """``rate`` bits per second, one second of burst."""
+    """``rate`` bits per second, ``burst`` bits of burst (default: one second's)."""
 
-    def __init__(self, rate: int) -> None:
+    def __init__(self, rate: int, burst: int | None = None) -> None:
         self.rate = rate
-        self.tokens = float(rate)
+        self.burst = max(rate, burst or 0)
+        self.tokens = float(self.burst)
         self.at = time.monotonic()
 
     def take(self, bits: int) -> bool:
         now = time.monotonic()
-        self.tokens = min(float(self.rate), self.tokens + (now - self.at) * self.rate)
+        self.tokens = min(float(self.burst), self.tokens + (now - self.at) * self.rate)
         self.at = now
         if bits > self.tokens:
             return False
@@ -300,7 +314,7 @@ class Relayer:
 
     def _link_peer(self, qkdl_id: str) -> str | None:
         link = self.kme._authz().links.get(qkdl_id)
-        return link.remote_qkdn_id if link is not None and link.kind == "PHYS" else None
+        return link.remote_qkdn_id if link is not None and link.direct else None
 
     # --- housekeeping -----------------------------------------------------------------------------
     def start(self) -> None:
@@ -356,7 +370,7 @@ class Relayer:
         """The target KME (the far end's node id: its KME is not a peer of this one) and the key the
         first hop holds, for ``status``."""
         target = virt.remote_qkdn_id if virt.local_qkdn_id == self.kme.node_id else virt.local_qkdn_id
-        link = a.phys_to(virt.virt_next_hop) if virt.virt_next_hop else None
+        link = a.hop_to(virt.virt_next_hop) if virt.virt_next_hop else None
         return target or virt.qkdl_id, self.kme.keystore.stored_bits(link.qkdl_id) if link else 0
 
     async def enc_keys(
@@ -374,7 +388,7 @@ class Relayer:
         if rate:
             bucket = self._buckets.get(virt.qkdl_id)
             if bucket is None or bucket.rate != rate:
-                bucket = self._buckets[virt.qkdl_id] = TokenBucket(rate)
+                bucket = self._buckets[virt.qkdl_id] = TokenBucket(rate, kme.config.max_key_size)
             if not bucket.take(size * count):
                 raise KmeError(
                     503,
@@ -410,14 +424,14 @@ class Relayer:
         a = kme._authz()
         v = base.virt_qkdl_id
         me = kme.node_id
-        link = a.phys_to(next_hop)
+        link = a.hop_to(next_hop, v if base.qkdl_id else None)
         peer = kme._peers_by_id.get(next_hop)
         if link is None or peer is None:
             raise _refusal(
                 503,
                 "relay",
-                f"trusted relay over VIRT link {v} failed at node {me}: no enabled PHYS link or KME"
-                f" configured towards the next node {next_hop}",
+                f"trusted relay over VIRT link {v} failed at node {me}: no enabled PHYS link (or entanglement"
+                f" key link) or KME configured towards the next node {next_hop}",
             )
         hop = link.qkdl_id
         where = f"the hop from node {me} to node {next_hop} (link {hop})"
@@ -627,8 +641,8 @@ class Relayer:
             why = f"VIRT link {msg.virt_qkdl_id} is not configured (enabled) here"
         elif virt.virt_prev_hop != src:
             why = f"node {src} is not the previous hop of VIRT link {msg.virt_qkdl_id} here"
-        elif hop is None or hop.kind != "PHYS" or not hop.enabled or hop.remote_qkdn_id != src:
-            why = f"link {msg.qkdl_id} is not an enabled PHYS link to node {src}"
+        elif hop is None or not hop.direct or not hop.enabled or hop.remote_qkdn_id != src:
+            why = f"link {msg.qkdl_id} is not an enabled PHYS link (or entanglement key link) to node {src}"
         elif virt.virt_next_hops:
             branch = _multicast(virt)
             if branch is not None:
