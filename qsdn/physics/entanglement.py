@@ -121,7 +121,7 @@ class BellState:
     def trusted(cls, p: Probabilities) -> BellState:
         """A state from probabilities valid by construction (a ``*_p`` kernel's output): no checks."""
         state = object.__new__(cls)
-        object.__setattr__(state, "p", p)
+        _set_p(state, p)
         return state
 
     @property
@@ -150,6 +150,10 @@ class BellState:
 
     def as_list(self) -> list[float]:
         return list(self.p)
+
+
+#: Sets a new BellState's ``p`` through its slot (what a frozen dataclass's __init__ does, minus the lookups).
+_set_p = BellState.__dict__["p"].__set__
 
 
 def werner(fidelity: float) -> BellState:
