@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
 from collections.abc import Callable
 from typing import Protocol
 
@@ -80,7 +81,7 @@ class VirtualClock:
     def __init__(self, start_s: float = 0.0) -> None:
         self._now = float(start_s)
         self._heap: list[tuple[float, int, _VirtualHandle]] = []
-        self._seq = 0
+        self._seq = itertools.count(1).__next__  # sequence numbers: unique, in scheduling order
         self._events_run = 0
 
     def now(self) -> float:
@@ -101,8 +102,7 @@ class VirtualClock:
         if when < self._now:
             when = self._now
         handle = _VirtualHandle(when, callback)
-        self._seq = seq = self._seq + 1
-        _heappush(self._heap, (when, seq, handle))
+        _heappush(self._heap, (when, self._seq(), handle))
         return handle
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
@@ -110,8 +110,7 @@ class VirtualClock:
             raise ConfigError(f"delay must not be negative, got {delay}")
         when = self._now + delay
         handle = _VirtualHandle(when, callback)
-        self._seq = seq = self._seq + 1
-        _heappush(self._heap, (when, seq, handle))
+        _heappush(self._heap, (when, self._seq(), handle))
         return handle
 
     def step(self) -> bool:
