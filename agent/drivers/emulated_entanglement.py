@@ -183,11 +183,16 @@ class VirtualChannel:
         self._delay = delay_s
         self._delays: dict[tuple[str, str], float] = {}
         self._groups: dict[tuple[str, tuple[str, ...]], list[tuple[float, tuple[str, ...]]]] = {}
+        # multicast's groups with their handlers: (delay, handlers, count) per distinct delay
+        self._batches: dict[
+            tuple[str, tuple[str, ...]], list[tuple[float, tuple[Callable[[str, object], None], ...], int]]
+        ] = {}
         self._handlers: dict[str, Callable[[str, object], None]] = {}
         self.sent = 0
 
     def attach(self, node: str, handler: Callable[[str, object], None]) -> None:
         self._handlers[node] = handler
+        self._batches.clear()  # they hold the handlers
 
     def _route(self, src: str, dst: str) -> tuple[Callable[[str, object], None], float]:
         handler = self._handlers.get(dst)
@@ -209,6 +214,17 @@ class VirtualChannel:
         The same as separate sends: those of equal delay would be due at the same time with
         consecutive sequence numbers, so no other event could run between them.
         """
+        batches = self._batches.get((src, dsts))
+        if batches is None:
+            batches = self._batches[(src, dsts)] = self._batch(src, dsts)
+        call_later = self._clock.call_later
+        for delay, handlers, count in batches:
+            self.sent += count
+            call_later(delay, functools.partial(_deliver_all, handlers, src, message))
+
+    def _batch(
+        self, src: str, dsts: tuple[str, ...]
+    ) -> list[tuple[float, tuple[Callable[[str, object], None], ...], int]]:
         groups = self._groups.get((src, dsts))
         if groups is None:
             by_delay: dict[float, list[str]] = {}
@@ -216,17 +232,17 @@ class VirtualChannel:
                 by_delay.setdefault(self._route(src, dst)[1], []).append(dst)
             groups = self._groups[(src, dsts)] = [(d, tuple(names)) for d, names in by_delay.items()]
         handlers = self._handlers
-        call_later = self._clock.call_later
+        batches = []
         for delay, names in groups:
             try:
-                batch = [handlers[dst] for dst in names]
+                batch = tuple(handlers[dst] for dst in names)
             except KeyError as exc:
                 raise DriverError(f"{src}: no classical route to {exc.args[0]}") from None
-            self.sent += len(batch)
-            call_later(delay, functools.partial(_deliver_all, batch, src, message))
+            batches.append((delay, batch, len(batch)))
+        return batches
 
 
-def _deliver_all(handlers: list[Callable[[str, object], None]], src: str, message: object) -> None:
+def _deliver_all(handlers: tuple[Callable[[str, object], None], ...], src: str, message: object) -> None:
     for handler in handlers:
         handler(src, message)
 
@@ -306,6 +322,46 @@ class SwapRecords:
         if label in self._discarded:
             return "failed", label, frame
         return "ok", label, frame
+
+    def take(self, label: Label, rightwards: bool, target_hop: int) -> tuple[str, Label, int]:
+        """:meth:`walk`, then :meth:`forget` unless the walk is pending (one pass for both)."""
+        discarded = self._discarded
+        if label[0] == target_hop:
+            if label in discarded:
+                discarded.discard(label)
+                return "failed", label, 0
+            return "ok", label, 0
+        index = self._by_left if rightwards else self._by_right
+        frame = 0
+        at = label
+        while True:
+            out = index.get(at)
+            if out is None:
+                if at not in discarded:
+                    return "pending", at, frame
+                status = "failed"
+                break
+            if not out.ok:
+                status = "failed"
+                break
+            frame ^= out.bits
+            at = out.right if rightwards else out.left
+            if at[0] == target_hop:
+                status = "failed" if at in discarded else "ok"
+                break
+        far = at
+        # forget(label, rightwards, target_hop), spelt out
+        by_left, by_right = self._by_left, self._by_right
+        at = label
+        while at[0] != target_hop:
+            out = index.get(at)
+            if out is None:
+                break
+            by_left.pop(out.left, None)
+            by_right.pop(out.right, None)
+            at = out.right if rightwards else out.left
+        discarded.discard(at)
+        return status, far, frame
 
     def forget(self, label: Label, rightwards: bool, target_hop: int) -> None:
         """Drop the records a resolved (or failed) walk used."""
@@ -416,7 +472,12 @@ class _NodeBase:
             self._free[side] = list(range(slot + memories - 1, slot - 1, -1))
             slot += memories
         self._slots_total = slot
+        # Per side with a hop: (side, its free slots, its hop), for _new_round.
+        self._side_slots = tuple((side, self._free[side], self._hop_of[side]) for side in self._sides)
         self._made_this_round = [False, False]
+        # Per side: whether a slot is offered to the hop (what port.generating(hop) would answer: the
+        # offer ends with the hop's herald, and only this engine offers this node's slots).
+        self._offering = [False, False]
         self.elementary_pairs = 0
         if rounds is not None:
             rounds.attach(self._new_round)
@@ -433,44 +494,52 @@ class _NodeBase:
         return _LEFT if self._hop_of[_LEFT] == hop else _RIGHT
 
     def _request(self, side: int) -> None:
-        # The local checks first: most calls end at them without asking the port.
         free = self._free[side]
-        if not free or (self._by_rounds and self._made_this_round[side]):
+        if not free or (self._by_rounds and self._made_this_round[side]) or self._offering[side]:
             return
-        hop = self._hop_of[side]
-        port = self._port
-        if port.generating(hop):
-            return
-        port.request_pair(hop, free.pop())
+        self._port.request_pair(self._hop_of[side], free.pop())
+        self._offering[side] = True
 
     def _release(self, side: int, slot: int) -> None:
-        self._free[side].append(slot)
-        if not (self._by_rounds and self._made_this_round[side]):
-            self._request(side)
+        free = self._free[side]
+        free.append(slot)
+        # _request(side), spelt out
+        if not (self._by_rounds and self._made_this_round[side]) and not self._offering[side]:
+            self._port.request_pair(self._hop_of[side], free.pop())
+            self._offering[side] = True
 
     def _new_round(self, round_no: int) -> None:
         self._round = round_no
         made = self._made_this_round
         made[_LEFT] = made[_RIGHT] = False
-        port = self._port
-        for side in self._sides:  # _request(side), which nothing made this round can stop
-            free = self._free[side]
-            if free:
-                hop = self._hop_of[side]
-                if not port.generating(hop):
-                    port.request_pair(hop, free.pop())
+        offering = self._offering
+        for side, free, hop in self._side_slots:  # _request(side), which nothing made this round can stop
+            if free and not offering[side]:
+                self._port.request_pair(hop, free.pop())
+                offering[side] = True
 
     def on_herald(self, herald: Herald) -> None:
-        side = _LEFT if self._hop_of[_LEFT] == herald.hop else _RIGHT
+        """A herald of one of this node's hops (its detector lines)."""
+        self.herald(
+            herald.hop, herald.label, herald.slot, herald.partner_node, herald.partner_slot, herald.frame
+        )
+
+    def herald(
+        self, hop: int, label: Label, slot: int, partner_node: str, partner_slot: int, frame: int
+    ) -> None:
+        """:meth:`on_herald` with the herald's fields as arguments (``QuantumMedium.attach_fields``)."""
+        side = _LEFT if self._hop_of[_LEFT] == hop else _RIGHT
         self.elementary_pairs += 1
-        self._made_this_round[side] = True
+        made = self._made_this_round
+        made[side] = True
+        self._offering[side] = False
         if side == _LEFT:
-            self._port.apply_pauli(herald.slot, herald.frame)  # right end of the hop corrects
-        self._held(side, _Held(herald.label, herald.slot))
-        if not (self._by_rounds and self._made_this_round[side]):
+            self._port.apply_pauli(slot, frame)  # right end of the hop corrects
+        self._held(side, label, slot)
+        if not (self._by_rounds and made[side]):
             self._request(side)
 
-    def _held(self, side: int, held: _Held) -> None:
+    def _held(self, side: int, label: Label, slot: int) -> None:
         raise NotImplementedError
 
     def on_message(self, src: str, message: object) -> None:
@@ -541,7 +610,8 @@ class RepeaterNode(_NodeBase):
                 "repeater %s: unexpected %s from %s ignored", self.name, type(message).__name__, src
             )
 
-    def _held(self, side: int, held: _Held) -> None:
+    def _held(self, side: int, label: Label, slot: int) -> None:
+        held = _Held(label, slot)
         if self._cutoff_s is not None:
             held.cutoff = self._clock.call_later(self._cutoff_s, functools.partial(self._cut, side, held))
         self._waiting[side].append(held)
@@ -591,19 +661,30 @@ class RepeaterNode(_NodeBase):
                 return
             waiting[_LEFT].remove(left)
             waiting[_RIGHT].remove(right)
-            for h in (left, right):
-                if h.cutoff is not None:
-                    h.cutoff.cancel()
+            if left.cutoff is not None:
+                left.cutoff.cancel()
+            if right.cutoff is not None:
+                right.cutoff.cancel()
             self._port.bell_measure_then(
                 left.slot, right.slot, functools.partial(self._swapped, left, right, self._round)
             )
 
     def _swapped(self, left: _Held, right: _Held, round_no: int, result: BsmResult) -> None:
-        self._records.forget(left.label, False, self._targets[0])
-        self._records.forget(right.label, True, self._targets[1])
-        self.stats.swaps += 1
+        records = self._records
+        lo, hi = self._targets
+        # forget() of a label on its target hop only drops it from the discards
+        if left.label[0] == lo:
+            records._discarded.discard(left.label)
+        else:
+            records.forget(left.label, False, lo)
+        if right.label[0] == hi:
+            records._discarded.discard(right.label)
+        else:
+            records.forget(right.label, True, hi)
+        stats = self.stats
+        stats.swaps += 1
         if not result.ok:
-            self.stats.swap_failures += 1
+            stats.swap_failures += 1
         logger.debug("repeater %s: swapped %s with %s ok=%s", self.name, left.label, right.label, result.ok)
         self._announce(
             _new_swap_outcome(self.name, left.label, right.label, result.ok, result.bits), self._audience
@@ -709,7 +790,7 @@ class EndNode(_NodeBase):
         self._protocol = purification
         self._levels = purification_rounds
         self._records = SwapRecords()
-        self._unresolved: list[_Held] = []
+        self._unresolved: list[tuple[Label, int]] = []  # (label, slot) of elementary pairs
         self._pairs: dict[Label, tuple[int, int]] = {}  # pair id -> (slot, level): resolved, not delivered
         self._queues: list[list[Label]] = [[] for _ in range(purification_rounds)]  # left end: by level
         self._requests: dict[Label, PurifyRequest] = {}  # right end: waiting for both pairs
@@ -741,16 +822,23 @@ class EndNode(_NodeBase):
 
     # -- elementary pairs and resolution --------------------------------------------------------------
 
-    def _held(self, side: int, held: _Held) -> None:
-        self._unresolved.append(held)
+    def _held(self, side: int, label: Label, slot: int) -> None:
+        self._unresolved.append((label, slot))
         if self._herald_ends_round and self._rounds is not None:
             self._rounds.report(self.name, self._round, True)  # no repeater: the herald ends the round
         # The records are as the last _resolve left them, every older pair pending under them: only
-        # the new pair can resolve now. If it cannot, _resolve would change nothing.
-        if self._records.walk(held.label, self._left_end, self._target)[0] != "pending":
+        # the new pair can resolve now. If it cannot, _resolve would change nothing. Pending at once
+        # (walk's first step, spelt out): not on the target hop, no swap record, not discarded.
+        records = self._records
+        if (
+            label[0] != self._target
+            and label not in (records._by_left if self._left_end else records._by_right)
+            and label not in records._discarded
+        ) or records.walk(label, self._left_end, self._target)[0] == "pending":
+            if self._requests:
+                self._serve_requests()
+        else:
             self._resolve()
-        elif self._requests:
-            self._serve_requests()
 
     def on_message(self, src: str, message: object) -> None:
         if isinstance(message, _RECORDED):
@@ -773,23 +861,27 @@ class EndNode(_NodeBase):
         target = self._target
         records = self._records
         unresolved = self._unresolved
-        for held in list(unresolved):
-            status, far, frame = records.walk(held.label, rightwards, target)
+        stats = self.stats
+        for entry in list(unresolved):
+            label, slot = entry
+            status, far, frame = records.take(label, rightwards, target)
             if status == "pending":
                 continue
-            unresolved.remove(held)
-            records.forget(held.label, rightwards, target)
+            unresolved.remove(entry)
             if status == "failed":
-                self.stats.failed += 1
-                self._port.discard(held.slot)
-                self._release(self._side, held.slot)
+                stats.failed += 1
+                self._port.discard(slot)
+                self._release(self._side, slot)
                 continue
-            self.stats.resolved += 1
-            if not self._left_end:
-                self._port.apply_pauli(held.slot, frame)
-            pair_id = held.label if self._left_end else far
-            self._pairs[pair_id] = (held.slot, 0)
-            self._advance(pair_id)
+            stats.resolved += 1
+            if not rightwards:
+                self._port.apply_pauli(slot, frame)
+            pair_id = label if rightwards else far
+            if self._levels:
+                self._pairs[pair_id] = (slot, 0)
+                self._advance(pair_id)
+            else:
+                self._deliver(pair_id, slot)  # _advance of a level-0 pair with no purification
         if self._requests:
             self._serve_requests()
 

@@ -245,7 +245,7 @@ class EntanglementChain:
             for name in names[1:-1]
         ]
         for node in (*self.ends, *self.repeaters):
-            self.medium.attach(node.name, node.on_herald)
+            self.medium.attach_fields(node.name, node.herald)
             self.channel.attach(node.name, node.on_message)
         self._fidelities: list[float] = []
         self._times: list[float] = []

@@ -70,7 +70,7 @@ import logging
 import math
 import random
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
@@ -91,6 +91,7 @@ __all__ = [
     "BsmResult",
     "HardwarePort",
     "Herald",
+    "HeraldHandler",
     "HopSpec",
     "MemorySpec",
     "NodePort",
@@ -103,6 +104,7 @@ logger = logging.getLogger(__name__)
 
 _MIXED: Probabilities = (0.25, 0.25, 0.25, 0.25)
 _INF = math.inf
+_exp = math.exp
 
 
 class Basis(StrEnum):
@@ -169,63 +171,110 @@ class BsmResult:
     bits: int
 
 
-# Hot-path constructors. A frozen dataclass's __init__ sets each field with object.__setattr__, found
-# anew per field; these set the slots through their descriptors (same object, half the time).
-_HERALD_FIELDS = tuple(
-    getattr(Herald, name).__set__
-    for name in ("hop", "label", "slot", "partner_node", "partner_slot", "frame")
-)
-
-
-def _new_herald(
-    hop: int, label: tuple[int, int], slot: int, partner_node: str, partner_slot: int, frame: int
-) -> Herald:
-    """``Herald(hop, label, slot, partner_node, partner_slot, frame)``, for the medium's hot path."""
-    herald: Herald = object.__new__(Herald)
-    set_hop, set_label, set_slot, set_partner_node, set_partner_slot, set_frame = _HERALD_FIELDS
-    set_hop(herald, hop)
-    set_label(herald, label)
-    set_slot(herald, slot)
-    set_partner_node(herald, partner_node)
-    set_partner_slot(herald, partner_slot)
-    set_frame(herald, frame)
-    return herald
-
-
 #: Every Bell-measurement result, by ``[ok][bits]`` (results are immutable values).
 _BSM_RESULTS = (tuple(BsmResult(False, b) for b in range(4)), tuple(BsmResult(True, b) for b in range(4)))
 
+#: What the medium calls for a herald at one end: ``(hop, label, slot, partner_node, partner_slot, frame)``,
+#: the fields of a :class:`Herald` without the object (:meth:`QuantumMedium.attach_fields`).
+HeraldHandler = Callable[[int, tuple[int, int], int, str, int, int], None]
 
-@dataclass(slots=True, eq=False)
+
+def _with_herald(
+    on_herald: Callable[[Herald], None],
+    hop: int,
+    label: tuple[int, int],
+    slot: int,
+    partner_node: str,
+    partner_slot: int,
+    frame: int,
+) -> None:
+    on_herald(Herald(hop, label, slot, partner_node, partner_slot, frame))
+
+
+class _Memory:
+    """One node's memory device: its specification, unpacked, and its occupied slots by slot number."""
+
+    __slots__ = ("coherence_s", "name", "qubits", "swap_success", "t2_s")
+
+    def __init__(self, name: str, spec: MemorySpec) -> None:
+        self.name = name
+        self.qubits: dict[int, _Qubit] = {}
+        self.coherence_s = self.t2_s = self.swap_success = 0.0
+        self.specify(spec)
+
+    def specify(self, spec: MemorySpec) -> None:
+        self.coherence_s = spec.coherence_s
+        self.t2_s = spec.t2_s
+        self.swap_success = spec.swap_success
+
+
 class _Qubit:
-    node: str
-    slot: int
-    touched_s: float
-    pair: _Pair | None = None
-    collapsed: tuple[Basis, int] | None = None
+    __slots__ = ("collapsed", "mem", "pair", "slot", "touched_s")
+
+    def __init__(self, mem: _Memory, slot: int, touched_s: float) -> None:
+        self.mem = mem
+        self.slot = slot
+        self.touched_s = touched_s
+        self.pair: _Pair | None = None
+        self.collapsed: tuple[Basis, int] | None = None
 
 
-@dataclass(slots=True, eq=False)
 class _Pair:
     """A live pair: ``p`` is its Bell-diagonal state (a :class:`BellState`'s probabilities), decohered
     up to its qubits' ``touched_s``."""
 
-    label: tuple[int, int]
-    a: _Qubit
-    b: _Qubit
-    p: Probabilities
-    frame: int = 0
+    __slots__ = ("a", "b", "frame", "label", "p")
+
+    def __init__(self, label: tuple[int, int], a: _Qubit, b: _Qubit, p: Probabilities, frame: int) -> None:
+        self.label = label
+        self.a = a
+        self.b = b
+        self.p = p
+        self.frame = frame
 
     def other(self, q: _Qubit) -> _Qubit:
         return self.b if q is self.a else self.a
 
 
-@dataclass(slots=True)
 class _Station:
-    spec: HopSpec
-    requests: dict[str, int] = field(default_factory=dict)
-    timer: TimerHandle | None = None
-    seq: int = 0
+    """A heralding station: its hop's ends and the slots they offered (``None``: no offer)."""
+
+    __slots__ = (
+        "attempt_s",
+        "fire",
+        "hop",
+        "left",
+        "left_mem",
+        "left_slot",
+        "log_fail",
+        "p",
+        "right",
+        "right_mem",
+        "right_slot",
+        "seq",
+        "spec",
+        "state_p",
+        "timer",
+    )
+
+    def __init__(self, spec: HopSpec, left_mem: _Memory, right_mem: _Memory) -> None:
+        self.spec = spec
+        self.hop = spec.hop
+        self.left, self.right = spec.left, spec.right
+        self.left_mem, self.right_mem = left_mem, right_mem
+        self.left_slot: int | None = None
+        self.right_slot: int | None = None
+        self.p = spec.p
+        self.log_fail = math.log1p(-spec.p) if spec.p < 1.0 else 0.0
+        self.attempt_s = spec.attempt_s
+        self.state_p = spec.state.p
+        self.timer: TimerHandle | None = None
+        self.seq = 0
+        self.fire: Callable[[], None] = _ignore
+
+
+def _ignore() -> None:
+    pass
 
 
 @dataclass(slots=True)
@@ -243,28 +292,31 @@ def sample_geometric(rng: random.Random, p: float) -> int:
 
 
 class QuantumMedium:
-    """Every pair's state, frame and storage times; heralding stations; measurement statistics."""
+    """Every pair's state, frame and storage times; heralding stations; measurement statistics.
+
+    Each node's memory is a :class:`_Memory` with its qubits in a dictionary by slot number; the node's
+    :class:`NodePort` and the heralding stations of its hops hold that object, so an operation finds
+    its qubit with one lookup by slot.
+    """
 
     def __init__(self, clock: Clock, seed: int, memories: dict[str, MemorySpec], hops: list[HopSpec]) -> None:
         self._clock = clock
         self._rng = random.Random(seed)
-        self._mem = dict(memories)
-        self._qubits: dict[tuple[str, int], _Qubit] = {}
+        self._mems = {node: _Memory(node, spec) for node, spec in memories.items()}
         self._stations: dict[int, _Station] = {}
-        self._herald_cb: dict[str, Callable[[Herald], None]] = {}
+        self._herald_cb: dict[str, HeraldHandler] = {}
         self._purifications: dict[tuple[int, int], _Purification] = {}
         for hop in hops:
-            for node in (hop.left, hop.right):
-                if node not in self._mem:
-                    raise ConfigError(f"hop {hop.hop}: node {node} has no memory specification")
-            if hop.hop in self._stations:
-                raise ConfigError(f"hop {hop.hop} defined twice")
-            self._stations[hop.hop] = _Station(hop)
+            self.add_hop(hop)
 
     # -- wiring -------------------------------------------------------------------------------------
 
     def attach(self, node: str, on_herald: Callable[[Herald], None]) -> None:
         """Register the node's herald handler (its heralding-station detector lines)."""
+        self._herald_cb[node] = functools.partial(_with_herald, on_herald)
+
+    def attach_fields(self, node: str, on_herald: HeraldHandler) -> None:
+        """:meth:`attach` for a handler that takes a herald's fields as arguments (no :class:`Herald`)."""
         self._herald_cb[node] = on_herald
 
     def detach(self, node: str) -> None:
@@ -273,16 +325,22 @@ class QuantumMedium:
 
     def add_node(self, node: str, memory: MemorySpec) -> None:
         """Add (or re-specify) a node's memory, for media whose nodes join while they run."""
-        self._mem[node] = memory
+        mem = self._mems.get(node)
+        if mem is None:
+            self._mems[node] = _Memory(node, memory)
+        else:
+            mem.specify(memory)  # its qubits, ports and stations keep the same memory
 
     def add_hop(self, hop: HopSpec) -> None:
         """Add a heralding station; its two nodes must have memory specifications."""
         for node in (hop.left, hop.right):
-            if node not in self._mem:
+            if node not in self._mems:
                 raise ConfigError(f"hop {hop.hop}: node {node} has no memory specification")
         if hop.hop in self._stations:
             raise ConfigError(f"hop {hop.hop} defined twice")
-        self._stations[hop.hop] = _Station(hop)
+        st = _Station(hop, self._mems[hop.left], self._mems[hop.right])
+        st.fire = functools.partial(self._herald, st)
+        self._stations[hop.hop] = st
 
     def remove_hop(self, hop: int) -> None:
         """Stop a heralding station: attempts in progress end without a herald, offered slots stay free."""
@@ -293,7 +351,13 @@ class QuantumMedium:
     def withdraw(self, hop: int, node: str) -> None:
         """Take back the slot ``node`` offered to ``hop`` (no effect if it offered none)."""
         st = self._stations.get(hop)
-        if st is None or st.requests.pop(node, None) is None:
+        if st is None:
+            return
+        if node == st.left and st.left_slot is not None:
+            st.left_slot = None
+        elif node == st.right and st.right_slot is not None:
+            st.right_slot = None
+        else:
             return
         if st.timer is not None:
             st.timer.cancel()
@@ -307,6 +371,12 @@ class QuantumMedium:
             return self._stations[hop]
         except KeyError:
             raise DriverError(f"no heralding station for hop {hop}") from None
+
+    def _memory(self, node: str, slot: int) -> _Memory:
+        mem = self._mems.get(node)
+        if mem is None:
+            raise DriverError(f"node {node}: slot {slot} holds no qubit")
+        return mem
 
     # -- generation ---------------------------------------------------------------------------------
 
@@ -324,54 +394,66 @@ class QuantumMedium:
         st = self._stations.get(hop)
         if st is None:
             raise DriverError(f"no heralding station for hop {hop}")
-        spec = st.spec
-        if node != spec.left and node != spec.right:
+        if node == st.left:
+            if st.left_slot is not None:
+                raise DriverError(f"node {node} already offered a slot to hop {hop}")
+            if slot in st.left_mem.qubits:
+                raise DriverError(f"node {node}: slot {slot} is not free")
+            st.left_slot = slot
+            if st.right_slot is None:
+                return
+        elif node == st.right:
+            if st.right_slot is not None:
+                raise DriverError(f"node {node} already offered a slot to hop {hop}")
+            if slot in st.right_mem.qubits:
+                raise DriverError(f"node {node}: slot {slot} is not free")
+            st.right_slot = slot
+            if st.left_slot is None:
+                return
+        else:
             raise DriverError(f"node {node} is not an end of hop {hop}")
-        requests = st.requests
-        if node in requests:
-            raise DriverError(f"node {node} already offered a slot to hop {hop}")
-        if (node, slot) in self._qubits:
-            raise DriverError(f"node {node}: slot {slot} is not free")
-        requests[node] = slot
-        if len(requests) == 2 and st.timer is None:
-            p = spec.p  # sample_geometric, spelt out
-            attempts = 1 if p >= 1.0 else 1 + int(math.log1p(-self._rng.random()) / math.log1p(-p))
-            st.timer = self._clock.call_later(attempts * spec.attempt_s, functools.partial(self._herald, st))
+        if st.timer is None:
+            # sample_geometric, spelt out (log1p(-p) computed once per station: the same number)
+            attempts = 1 if st.p >= 1.0 else 1 + int(math.log1p(-self._rng.random()) / st.log_fail)
+            st.timer = self._clock.call_later(attempts * st.attempt_s, st.fire)
 
     def _offered(self, node: str, hop: int) -> bool:
         st = self._stations.get(hop)
         if st is None:
             raise DriverError(f"no heralding station for hop {hop}")
-        return node in st.requests
+        if node == st.left:
+            return st.left_slot is not None
+        return node == st.right and st.right_slot is not None
 
     def _herald(self, st: _Station) -> None:
         st.timer = None
-        spec = st.spec
-        left, right = spec.left, spec.right
-        left_slot, right_slot = st.requests.pop(left), st.requests.pop(right)
+        left_slot, right_slot = st.left_slot, st.right_slot
+        if left_slot is None or right_slot is None:  # never: a withdrawn offer cancels the timer
+            return
+        st.left_slot = st.right_slot = None
         now = self._clock.now()
-        qa = _Qubit(left, left_slot, now)
-        qb = _Qubit(right, right_slot, now)
+        qa = _Qubit(st.left_mem, left_slot, now)
+        qb = _Qubit(st.right_mem, right_slot, now)
         # |Psi+> or |Psi->, by the detector pattern: rng.choice((2, 3)) spelt out (same draws).
         getrandbits = self._rng.getrandbits
         r = getrandbits(2)
         while r >= 2:
             r = getrandbits(2)
         frame = 2 + r
-        st.seq += 1
-        hop = spec.hop
-        label = (hop, st.seq)
-        pair = _Pair(label, qa, qb, spec.state.p, frame)
-        qa.pair = qb.pair = pair
-        qubits = self._qubits
-        qubits[(left, left_slot)] = qa
-        qubits[(right, right_slot)] = qb
-        callback = self._herald_cb.get(left)
+        st.seq = seq = st.seq + 1
+        hop = st.hop
+        label = (hop, seq)
+        qa.pair = qb.pair = _Pair(label, qa, qb, st.state_p, frame)
+        st.left_mem.qubits[left_slot] = qa
+        st.right_mem.qubits[right_slot] = qb
+        left, right = st.left, st.right
+        callbacks = self._herald_cb
+        callback = callbacks.get(left)
         if callback is not None:
-            callback(_new_herald(hop, label, left_slot, right, right_slot, frame))
-        callback = self._herald_cb.get(right)
+            callback(hop, label, left_slot, right, right_slot, frame)
+        callback = callbacks.get(right)
         if callback is not None:
-            callback(_new_herald(hop, label, right_slot, left, left_slot, frame))
+            callback(hop, label, right_slot, left, left_slot, frame)
 
     # -- decoherence --------------------------------------------------------------------------------
 
@@ -381,15 +463,15 @@ class QuantumMedium:
         if dt <= 0:
             return
         q.touched_s = now
-        mem = self._mem[q.node]
+        mem = q.mem
         pair = q.pair
         if pair is not None:
             # depolarise(..., qubits=1) then dephase(..., qubits=1), on the bare probabilities.
             coherence_s, t2_s = mem.coherence_s, mem.t2_s
             if coherence_s != _INF:
-                pair.p = depolarise_p(pair.p, math.exp(-dt / coherence_s))
+                pair.p = depolarise_p(pair.p, _exp(-dt / coherence_s))
             if t2_s != _INF:
-                pair.p = dephase_p(pair.p, (1.0 - math.exp(-dt / t2_s)) / 2.0)
+                pair.p = dephase_p(pair.p, (1.0 - _exp(-dt / t2_s)) / 2.0)
         elif q.collapsed is not None:
             basis, value = q.collapsed
             flip = (1.0 - math.exp(-dt / mem.coherence_s)) / 2.0
@@ -399,34 +481,41 @@ class QuantumMedium:
             if self._rng.random() < flip:
                 q.collapsed = (basis, value ^ 1)
 
-    def _get(self, node: str, slot: int) -> _Qubit:
-        q = self._qubits.get((node, slot))
-        if q is None:
-            raise DriverError(f"node {node}: slot {slot} holds no qubit")
-        return q
-
     def _touch_pair(self, pair: _Pair, now: float) -> None:
-        """``_touch`` both qubits of a live pair (a then b), without a call per qubit."""
-        p = pair.p
-        mem = self._mem
+        """``_touch`` both qubits of a live pair (a then b), without a call per qubit.
+
+        ``depolarise_p`` is spelt out (the same operations, so the same numbers): this runs on every
+        Bell measurement and correction.
+        """
+        i, z, x, y = pair.p
         for q in (pair.a, pair.b):
             dt = now - q.touched_s
             if dt > 0:
                 q.touched_s = now
-                spec = mem[q.node]
-                if spec.coherence_s != _INF:
-                    p = depolarise_p(p, math.exp(-dt / spec.coherence_s))
-                if spec.t2_s != _INF:
-                    p = dephase_p(p, (1.0 - math.exp(-dt / spec.t2_s)) / 2.0)
-        pair.p = p
+                mem = q.mem
+                if mem.coherence_s != _INF:
+                    k = _exp(-dt / mem.coherence_s)
+                    i = 0.25 + (i - 0.25) * k
+                    z = 0.25 + (z - 0.25) * k
+                    x = 0.25 + (x - 0.25) * k
+                    y = 0.25 + (y - 0.25) * k
+                    total = i + z + x + y
+                    i, z, x, y = i / total, z / total, x / total, y / total
+                if mem.t2_s != _INF:
+                    i, z, x, y = dephase_p((i, z, x, y), (1.0 - _exp(-dt / mem.t2_s)) / 2.0)
+        pair.p = (i, z, x, y)
 
     # -- node operations ----------------------------------------------------------------------------
+    # Each public operation names the node; the underscored forms take its memory (what a NodePort binds).
 
     def apply_pauli(self, node: str, slot: int, pauli: int) -> None:
         """A Pauli gate (index 0..3: I, Z, X, Y) on the qubit in ``slot``."""
-        q = self._qubits.get((node, slot))
+        self._apply_pauli(self._memory(node, slot), slot, pauli)
+
+    def _apply_pauli(self, mem: _Memory, slot: int, pauli: int) -> None:
+        q = mem.qubits.get(slot)
         if q is None:
-            raise DriverError(f"node {node}: slot {slot} holds no qubit")
+            raise DriverError(f"node {mem.name}: slot {slot} holds no qubit")
         now = self._clock.now()
         if q.touched_s < now:
             self._touch(q, now)
@@ -440,14 +529,22 @@ class QuantumMedium:
 
     def bell_measure(self, node: str, slot1: int, slot2: int) -> BsmResult:
         """Bell-state measurement on two slots of one node (frees both)."""
-        q1, q2 = self._get(node, slot1), self._get(node, slot2)
-        a = self._mem[node].swap_success
+        return self._bell_measure(self._memory(node, slot1), slot1, slot2)
+
+    def _bell_measure(self, mem: _Memory, slot1: int, slot2: int) -> BsmResult:
+        qubits = mem.qubits
+        q1 = qubits.get(slot1)
+        if q1 is None:
+            raise DriverError(f"node {mem.name}: slot {slot1} holds no qubit")
+        q2 = qubits.get(slot2)
+        if q2 is None:
+            raise DriverError(f"node {mem.name}: slot {slot2} holds no qubit")
+        a = mem.swap_success
         rng = self._rng
         ok = a >= 1.0 or rng.random() < a
         bits = rng.getrandbits(2)
         p1, p2 = q1.pair, q2.pair
-        qubits = self._qubits
-        del qubits[(node, slot1)], qubits[(node, slot2)]
+        del qubits[slot1], qubits[slot2]
         if p1 is None or p2 is None or p1 is p2:
             # Measuring an unentangled qubit (or both halves of one pair) entangles nothing.
             for p in (p1, p2):
@@ -463,8 +560,7 @@ class QuantumMedium:
             self._orphan(x, p1)
             self._orphan(y, p2)
             return _BSM_RESULTS[False][bits]
-        pair = _Pair(p1.label, x, y, swap_p(p1.p, p2.p), p1.frame ^ p2.frame ^ bits)
-        x.pair = y.pair = pair
+        x.pair = y.pair = _Pair(p1.label, x, y, swap_p(p1.p, p2.p), p1.frame ^ p2.frame ^ bits)
         return _BSM_RESULTS[True][bits]
 
     def _orphan(self, q: _Qubit, pair: _Pair) -> None:
@@ -476,10 +572,14 @@ class QuantumMedium:
 
     def measure(self, node: str, slot: int, basis: Basis) -> int:
         """Measure the qubit in ``slot`` in ``basis`` (frees the slot); returns the outcome bit."""
-        q = self._get(node, slot)
+        return self._measure(self._memory(node, slot), slot, basis)
+
+    def _measure(self, mem: _Memory, slot: int, basis: Basis) -> int:
+        q = mem.qubits.pop(slot, None)
+        if q is None:
+            raise DriverError(f"node {mem.name}: slot {slot} holds no qubit")
         now = self._clock.now()
         self._touch(q, now)
-        del self._qubits[(node, slot)]
         pair = q.pair
         if pair is not None:
             partner = pair.other(q)
@@ -505,15 +605,36 @@ class QuantumMedium:
 
     def discard(self, node: str, slot: int) -> None:
         """Reset the memory in ``slot``; its partner (if any) is left unentangled."""
-        q = self._qubits.pop((node, slot), None)
-        if q is not None and q.pair is not None:
-            self._orphan(q.pair.other(q), q.pair)
+        mem = self._mems.get(node)
+        if mem is not None:
+            self._discard(mem, slot)
+
+    def _discard(self, mem: _Memory, slot: int) -> None:
+        q = mem.qubits.pop(slot, None)
+        if q is not None:
+            pair = q.pair
+            if pair is not None:
+                partner = pair.b if q is pair.a else pair.a
+                if partner.pair is pair:  # _orphan, spelt out
+                    partner.pair = None
+                    partner.collapsed = None
 
     def purify_local(
         self, node: str, keep_slot: int, sacrifice_slot: int, protocol: PurificationProtocol
     ) -> int:
         """This end's half of a purification round: returns its local outcome bit (frees the sacrifice)."""
-        keep, sac = self._get(node, keep_slot), self._get(node, sacrifice_slot)
+        return self._purify_local(self._memory(node, keep_slot), keep_slot, sacrifice_slot, protocol)
+
+    def _purify_local(
+        self, mem: _Memory, keep_slot: int, sacrifice_slot: int, protocol: PurificationProtocol
+    ) -> int:
+        node = mem.name
+        qubits = mem.qubits
+        keep, sac = qubits.get(keep_slot), qubits.get(sacrifice_slot)
+        if keep is None:
+            raise DriverError(f"node {node}: slot {keep_slot} holds no qubit")
+        if sac is None:
+            raise DriverError(f"node {node}: slot {sacrifice_slot} holds no qubit")
         if keep.pair is None:
             raise DriverError(f"node {node}: slot {keep_slot} holds no pair to purify")
         label = keep.pair.label
@@ -521,7 +642,7 @@ class QuantumMedium:
         if job is None:
             pk, ps = keep.pair, sac.pair
             other = pk.other(keep)
-            if ps is None or ps is pk or ps.other(sac).node != other.node:
+            if ps is None or ps is pk or ps.other(sac).mem is not other.mem:
                 raise DriverError(
                     f"node {node}: slots {keep_slot}, {sacrifice_slot} do not share a partner node"
                 )
@@ -535,9 +656,9 @@ class QuantumMedium:
             pk.p = out.p if ok else _MIXED
             ps_other = ps.other(sac)
             ps_other.pair = None  # measured by the far end's half of the round
-            job = _Purification({node: bit, other.node: bit ^ (0 if ok else 1)}, set())
+            job = _Purification({node: bit, other.mem.name: bit ^ (0 if ok else 1)}, set())
             self._purifications[label] = job
-        del self._qubits[(node, sacrifice_slot)]
+        del qubits[sacrifice_slot]
         job.done.add(node)
         bit = job.bits[node]
         if len(job.done) == 2:
@@ -548,7 +669,8 @@ class QuantumMedium:
 
     def pair_state(self, node: str, slot: int) -> BellState | None:
         """Ground truth: the state of the pair in ``slot`` decohered to now, once its frame is corrected."""
-        q = self._qubits.get((node, slot))
+        mem = self._mems.get(node)
+        q = mem.qubits.get(slot) if mem is not None else None
         if q is None or q.pair is None:
             return None
         self._touch_pair(q.pair, self._clock.now())
@@ -556,16 +678,17 @@ class QuantumMedium:
 
     def port(self, node: str) -> NodePort:
         """The operations of one node's hardware (what its controller is given)."""
-        if node not in self._mem:
+        if node not in self._mems:
             raise ConfigError(f"node {node} has no memory specification")
         return NodePort(self, node)
 
     def live_qubits(self) -> int:
-        return len(self._qubits)
+        return sum(len(mem.qubits) for mem in self._mems.values())
 
     def node_slots(self, node: str) -> list[int]:
         """The slots of ``node`` that hold a qubit now."""
-        return sorted(slot for n, slot in self._qubits if n == node)
+        mem = self._mems.get(node)
+        return sorted(mem.qubits) if mem is not None else []
 
 
 def _shifted(state: BellState, frame: int) -> BellState:
@@ -608,36 +731,52 @@ class HardwarePort(Protocol):
 class NodePort:
     """One node's view of the hardware: operations on its own memory slots only."""
 
-    __slots__ = ("_medium", "apply_pauli", "discard", "generating", "node", "request_pair")
+    __slots__ = (
+        "_bell_measure",
+        "_measure",
+        "_medium",
+        "_purify_local",
+        "apply_pauli",
+        "discard",
+        "generating",
+        "node",
+        "request_pair",
+    )
 
     def __init__(self, medium: QuantumMedium, node: str) -> None:
         self._medium = medium
         self.node = node
-        # The operations the engines call most, bound to this node (no frame of their own):
+        mem = medium._mems[node]
+        # The operations, bound to this node's name or memory (no frame of their own):
         # request_pair(hop, slot), generating(hop), apply_pauli(slot, pauli), discard(slot).
         self.request_pair: Callable[[int, int], None] = functools.partial(medium._offer, node)
         self.generating: Callable[[int], bool] = functools.partial(medium._offered, node)
-        self.apply_pauli: Callable[[int, int], None] = functools.partial(medium.apply_pauli, node)
-        self.discard: Callable[[int], None] = functools.partial(medium.discard, node)
+        self.apply_pauli: Callable[[int, int], None] = functools.partial(medium._apply_pauli, mem)
+        self.discard: Callable[[int], None] = functools.partial(medium._discard, mem)
+        self._bell_measure: Callable[[int, int], BsmResult] = functools.partial(medium._bell_measure, mem)
+        self._measure: Callable[[int, Basis], int] = functools.partial(medium._measure, mem)
+        self._purify_local: Callable[[int, int, PurificationProtocol], int] = functools.partial(
+            medium._purify_local, mem
+        )
 
     def bell_measure(self, slot1: int, slot2: int) -> BsmResult:
-        return self._medium.bell_measure(self.node, slot1, slot2)
+        return self._bell_measure(slot1, slot2)
 
     def measure(self, slot: int, basis: Basis) -> int:
-        return self._medium.measure(self.node, slot, basis)
+        return self._measure(slot, basis)
 
     def purify_local(self, keep_slot: int, sacrifice_slot: int, protocol: PurificationProtocol) -> int:
-        return self._medium.purify_local(self.node, keep_slot, sacrifice_slot, protocol)
+        return self._purify_local(keep_slot, sacrifice_slot, protocol)
 
     # -- the HardwarePort forms: the outcome goes to the callback at once --------------------------------
 
     def bell_measure_then(self, slot1: int, slot2: int, done: Callable[[BsmResult], None]) -> None:
-        done(self._medium.bell_measure(self.node, slot1, slot2))
+        done(self._bell_measure(slot1, slot2))
 
     def measure_then(self, slot: int, basis: Basis, done: Callable[[int], None]) -> None:
-        done(self.measure(slot, basis))
+        done(self._measure(slot, basis))
 
     def purify_local_then(
         self, keep_slot: int, sacrifice_slot: int, protocol: PurificationProtocol, done: Callable[[int], None]
     ) -> None:
-        done(self.purify_local(keep_slot, sacrifice_slot, protocol))
+        done(self._purify_local(keep_slot, sacrifice_slot, protocol))
