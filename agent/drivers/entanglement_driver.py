@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import functools
 import logging
 import random
@@ -644,11 +645,38 @@ class EmulatedEntanglementDriver:
 
     async def create_session(self, spec: EntanglementSessionConfig) -> None:
         async with self._lock:
-            if spec.session_id in self._runs:
+            run = self._runs.get(spec.session_id)
+            if run is not None and self._relink(run, spec):
+                self._specs[spec.session_id] = spec
+                return
+            if run is not None:
                 await self._stop_run(spec.session_id)
             await self._ensure_connected(spec.memory)
             await self._start_run(spec)
             self._specs[spec.session_id] = spec
+
+    @staticmethod
+    def _relink(run: _Run, spec: EntanglementSessionConfig) -> bool:
+        """Keep ``run`` going if ``spec`` differs from its configuration only by the ids of its hops'
+        elementary links (the same fibres: a second session's links to the same neighbours can change
+        which one the node's configuration names for this session); rename them in its counters.
+        Restarting one end of a running session would only stall it."""
+        old = run.spec
+        if len(old.links) != len(spec.links):
+            return False
+        pairs = list(zip(old.links, spec.links, strict=True))
+        relinked = dataclasses.replace(
+            old, links=tuple(dataclasses.replace(a, link_id=b.link_id) for a, b in pairs)
+        )
+        if relinked != spec:
+            return False
+        names = {a.link_id: b.link_id for a, b in pairs}
+        run.spec = spec
+        run.hop_links = {hop: names.get(link, link) for hop, link in run.hop_links.items()}
+        run.link_fidelity = {names.get(k, k): v for k, v in run.link_fidelity.items()}
+        run.heralds = {names.get(k, k): v for k, v in run.heralds.items()}
+        run.herald_counts = {names.get(k, k): v for k, v in run.herald_counts.items()}
+        return True
 
     async def remove_session(self, session_id: str) -> None:
         async with self._lock:

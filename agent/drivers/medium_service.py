@@ -44,8 +44,11 @@ Events: ``herald`` {session, hop, label [hop, seq], slot, partner, partner_slot,
 ``round`` {session, round}.
 
 Both ends of a hop register it (``hop``) with their own configuration of the elementary link; the first
-registration creates the station, the second must describe the same link (same ``link_id`` and physics),
-or it is refused naming the difference. ``p`` is Barrett-Kok ``eta_A eta_B / 2`` over the link's loss
+registration creates the station, the second must describe the same physics, or it is refused naming the
+difference. The ``link_id`` may differ: a session names its neighbours, not its links, so a node with
+several elementary links to one neighbour (the controller writes one per session over the same span)
+may run the session over another of them than the neighbour does; with the same physics, it is the
+same fibre. ``p`` is Barrett-Kok ``eta_A eta_B / 2`` over the link's loss
 (S. D. Barrett, P. Kok, PRA 71, 060310, 2005), or ``2 alpha eta`` single-click, multiplexed over
 ``modes``; ``attempt_s = L/c``. A session's stations and synchroniser go when its last node leaves.
 
@@ -542,7 +545,7 @@ class MediumServer:
             self.medium.add_hop(HopSpec(hop_id, path[index], path[index + 1], p, attempt_s, werner(fidelity)))
             sess.hops[index] = (hop_id, phys)
             self._hop_ids[hop_id] = (sid, index)
-        elif have[1] != phys:
+        elif dataclasses.replace(have[1], link_id=phys.link_id) != phys:
             raise ConfigError(
                 f"session {sid} hop {index}: elementary link {phys.link_id} as configured at {node} differs"
                 f" from its other end ({have[1]} vs {phys})"

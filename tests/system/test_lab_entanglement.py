@@ -85,3 +85,36 @@ def test_repeater_chain_lab_delivers_key(tmp_path: Path) -> None:
         down_and_check(lab_dir, info)
         after = json.loads((lab_dir / "lab.json").read_text())
         assert after["medium"]["pid"] is None and not alive(info["medium"]["pid"])
+
+
+MIXED = ROOT / "examples" / "labs" / "mixed.yaml"
+
+
+@pytest.mark.usefixtures("medium_available")
+def test_mixed_lab_delivers_key_over_relays_repeaters_and_both(tmp_path: Path) -> None:
+    """examples/labs/mixed.yaml: one session over the trusted relay (QKD), one over the repeater
+    segment (BBM92), one mixed (QKD to the trusted node ams, then the repeater segment), keys for each."""
+    lab_dir = tmp_path / "lab"
+    r = lab("up", str(MIXED), "--dir", str(lab_dir), "--detach", "--seed", "11", timeout_s=180)
+    assert (lab_dir / "lab.json").exists(), r.stdout + r.stderr
+    info: dict[str, Any] = json.loads((lab_dir / "lab.json").read_text())
+    try:
+        assert r.returncode == 0, r.stdout + r.stderr
+        topo = load_topology(MIXED)
+        names = {n.node_id: n.name for n in topo.nodes}
+        sessions = sessions_by_name(info, network(info))
+        paths = {}
+        for name in ("ams-rtm", "ams-ehv", "rtm-ehv"):
+            assert sessions[name]["status"] == "active", sessions[name]
+            paths[name] = [names[n] for n in sessions[name]["path"]]
+        assert paths["ams-rtm"] == ["ams", "ldn", "rtm"]  # trusted relay only
+        assert "rep" in paths["ams-ehv"] and "ldn" not in paths["ams-ehv"]  # the repeater segment only
+        assert paths["rtm-ehv"][:3] == ["rtm", "ldn", "ams"] and "rep" in paths["rtm-ehv"]  # mixed
+        for name in ("ams-rtm", "ams-ehv", "rtm-ehv"):
+            r = _keys(lab_dir, name)
+            assert r.returncode == 0, name + ": " + r.stdout + r.stderr
+            assert "identical keys at both SAEs" in r.stdout, name
+    finally:
+        down_and_check(lab_dir, info)
+        after = json.loads((lab_dir / "lab.json").read_text())
+        assert after["medium"]["pid"] is None and not alive(info["medium"]["pid"])
