@@ -313,6 +313,7 @@ class NetconfAgent:
                 running=lambda: self.datastores.get(RUNNING),
                 keystore=keystore,
                 bus=self.bus,
+                entanglement=entanglement,
             )
         self.writable_running = True
         self.users: dict[str, UserConfig] = {u.name: u for u in config.netconf.users}

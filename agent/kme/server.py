@@ -39,6 +39,7 @@ from agent.config import KmeConfig, KmePeerConfig
 from agent.keystore import KeyRange, KeyStore, KeyStoreBatch, MissingBlockError, RangeConflictError
 from agent.kme import authz as authz_mod
 from agent.kme.authz import Authorisation as Authz
+from agent.kme.entanglement_api import EntanglementApi, entanglement_api
 from agent.kme.etsi014 import (
     KmeError,
     Limits,
@@ -111,6 +112,7 @@ class KmeServer:
         running: Callable[[], str],
         keystore: KeyStore,
         bus: notify.NotificationBus | None = None,
+        entanglement: object | None = None,
     ) -> None:
         self.config = config
         self.node_id = node_id.lower()
@@ -136,6 +138,10 @@ class KmeServer:
         self._block_wait_s = min(BLOCK_WAIT_S, config.peer_timeout_s / 2)
         self.relay = Relayer(self)
         self.skip = SkipFrontEnd(self)
+        #: entanglement delivery of ``pairs`` sessions (agent.kme.entanglement_api), with a driver that has it
+        self.pairs: EntanglementApi | None = (
+            entanglement_api(self, entanglement) if entanglement is not None else None
+        )
 
     # --- lifecycle --------------------------------------------------------------------------------
     async def start(self) -> None:
@@ -160,6 +166,8 @@ class KmeServer:
         )
         if cfg.skip:
             app.add_routes(self.skip.routes())
+        if self.pairs is not None:
+            app.add_routes(self.pairs.routes())
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         await runner.setup()
         site = web.TCPSite(runner, cfg.host, cfg.port, ssl_context=server_ssl, backlog=512)
@@ -175,6 +183,8 @@ class KmeServer:
         self._abort_wakeup = asyncio.Event()
         self._abort_task = asyncio.get_running_loop().create_task(self._abort_loop(), name="kme-abort")
         self.relay.start()
+        if self.pairs is not None:
+            self.pairs.start()
         if pending:
             log.warning("KME %s: %d failed request(s) to abort at the peer", cfg.kme_id, len(pending))
         log.info(
@@ -190,6 +200,8 @@ class KmeServer:
         runner, self._runner = self._runner, None
         if runner is not None:
             await runner.cleanup()
+        if self.pairs is not None:
+            await self.pairs.stop()
         await self.relay.stop()
         task, self._abort_task = self._abort_task, None
         if task is not None:
