@@ -5,7 +5,9 @@
 
 * :class:`VirtualClock`: a discrete-event scheduler. Events sit in a heap ordered by
   ``(time, sequence number)``; :meth:`VirtualClock.run_until` pops them in order and sets ``now`` to each
-  event's time, as fast as the CPU allows. Events due at the same time run in the order they were
+  event's time, as fast as the CPU allows. A handle is the heap entry itself (no object of its own), and
+  :meth:`VirtualClock.schedule_later` (reached through :func:`later_scheduler` by code written against
+  any :class:`Clock`) schedules without one. Events due at the same time run in the order they were
   scheduled (the sequence number), so a run is a deterministic function of its inputs.
 * :class:`AsyncioClock`: real time on an asyncio event loop (``loop.time()``, ``loop.call_at``), for the
   agent driving emulated hardware live.
@@ -24,7 +26,7 @@ from typing import Protocol
 
 from qsdn.errors import ConfigError
 
-__all__ = ["AsyncioClock", "Clock", "TimerHandle", "VirtualClock"]
+__all__ = ["AsyncioClock", "Clock", "TimerHandle", "VirtualClock", "later_scheduler"]
 
 _heappush = heapq.heappush
 
@@ -54,33 +56,38 @@ class Clock(Protocol):
         ...
 
 
-class _VirtualHandle:
-    __slots__ = ("_callback", "_cancelled", "when")
+class _Event(list):  # type: ignore[type-arg]
+    """A scheduled virtual event: the heap entry ``[time, sequence number, callback]`` itself.
 
-    def __init__(self, when: float, callback: Callable[[], None]) -> None:
-        self.when = when
-        self._callback: Callable[[], None] | None = callback
-        self._cancelled = False
+    Lists compare element by element in C, and the sequence number is unique, so a comparison never
+    reaches the callback. Cancelling clears the callback; a cleared entry is skipped when popped.
+    """
+
+    __slots__ = ()
+
+    @property
+    def when(self) -> float:
+        return self[0]  # type: ignore[no-any-return]
 
     def cancel(self) -> None:
-        self._cancelled = True
-        self._callback = None  # drop references early
+        self[2] = None  # drop the reference early
 
     def cancelled(self) -> bool:
-        return self._cancelled
+        return self[2] is None
 
 
 class VirtualClock:
     """Discrete-event virtual time: deterministic, as fast as the CPU allows.
 
-    The heap holds ``(time, sequence number, handle)`` tuples: the sequence number is unique, so
-    comparisons never reach the handle and stay in C. A handle's callback is cleared when it runs or
-    is cancelled; a cleared entry is skipped when popped.
+    The heap holds ``[time, sequence number, callback]`` lists; :meth:`call_at` and :meth:`call_later`
+    return the entry itself as the handle (an :class:`_Event`, a list with ``cancel``), and
+    :meth:`schedule_later` pushes a plain list and returns nothing, for callers that never cancel.
+    A cancelled entry has its callback cleared and is skipped when popped.
     """
 
     def __init__(self, start_s: float = 0.0) -> None:
         self._now = float(start_s)
-        self._heap: list[tuple[float, int, _VirtualHandle]] = []
+        self._heap: list[list[object]] = []
         self._seq = itertools.count(1).__next__  # sequence numbers: unique, in scheduling order
         self._events_run = 0
 
@@ -94,37 +101,38 @@ class VirtualClock:
 
     def pending(self) -> int:
         """Scheduled callbacks not yet run or cancelled."""
-        return sum(1 for _, _, h in self._heap if h._callback is not None)
+        return sum(1 for entry in self._heap if entry[2] is not None)
 
     def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle:
         if when != when:
             raise ConfigError("cannot schedule an event at NaN")
         if when < self._now:
             when = self._now
-        handle = _VirtualHandle(when, callback)
-        _heappush(self._heap, (when, self._seq(), handle))
-        return handle
+        event = _Event((when, self._seq(), callback))
+        _heappush(self._heap, event)
+        return event
 
     def call_later(self, delay: float, callback: Callable[[], None]) -> TimerHandle:
         if not delay >= 0:  # negative or NaN
             raise ConfigError(f"delay must not be negative, got {delay}")
-        when = self._now + delay
-        handle = _VirtualHandle(when, callback)
-        _heappush(self._heap, (when, self._seq(), handle))
-        return handle
+        event = _Event((self._now + delay, self._seq(), callback))
+        _heappush(self._heap, event)
+        return event
+
+    def schedule_later(self, delay: float, callback: Callable[[], None]) -> None:
+        """:meth:`call_later` without a handle (the event cannot be cancelled); ``delay`` >= 0."""
+        _heappush(self._heap, [self._now + delay, self._seq(), callback])
 
     def step(self) -> bool:
         """Run the next event; False if there is none."""
         heap = self._heap
         while heap:
-            when, _, handle = heapq.heappop(heap)
-            callback = handle._callback
+            when, _, callback = heapq.heappop(heap)
             if callback is None:
                 continue
-            handle._callback = None
-            self._now = when
+            self._now = when  # type: ignore[assignment]
             self._events_run += 1
-            callback()
+            callback()  # type: ignore[operator]
             return True
         return False
 
@@ -134,15 +142,17 @@ class VirtualClock:
             raise ConfigError(f"cannot run back in time to {until_s} (now {self._now})")
         heap = self._heap
         pop = heapq.heappop
-        while heap and heap[0][0] <= until_s:
-            when, _, handle = pop(heap)
-            callback = handle._callback
-            if callback is None:
-                continue
-            handle._callback = None
-            self._now = when
-            self._events_run += 1
-            callback()
+        done = 0
+        try:
+            while heap and heap[0][0] <= until_s:  # type: ignore[operator]
+                when, _, callback = pop(heap)
+                if callback is None:
+                    continue
+                self._now = when  # type: ignore[assignment]
+                done += 1
+                callback()  # type: ignore[operator]
+        finally:
+            self._events_run += done
         self._now = until_s
 
     def run(self, max_events: int | None = None) -> None:
@@ -150,6 +160,18 @@ class VirtualClock:
         done = 0
         while (max_events is None or done < max_events) and self.step():
             done += 1
+
+
+def later_scheduler(clock: Clock) -> Callable[[float, Callable[[], None]], None]:
+    """``clock.call_later`` without the handle: :meth:`VirtualClock.schedule_later` where there is one."""
+    if isinstance(clock, VirtualClock):
+        return clock.schedule_later
+    call_later = clock.call_later
+
+    def schedule_later(delay: float, callback: Callable[[], None]) -> None:
+        call_later(delay, callback)
+
+    return schedule_later
 
 
 class AsyncioClock:
