@@ -62,7 +62,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from agent.drivers.clock import Clock, TimerHandle
+from agent.drivers.clock import Clock, TimerHandle, later_scheduler
 from agent.drivers.quantum_medium import Basis, BsmResult, HardwarePort, Herald, PurificationProtocol
 from qsdn.errors import ConfigError, DriverError
 from qsdn.physics.entanglement import FIBRE_LIGHT_SPEED_M_S
@@ -180,6 +180,7 @@ class VirtualChannel:
 
     def __init__(self, clock: Clock, delay_s: Callable[[str, str], float]) -> None:
         self._clock = clock
+        self._later = later_scheduler(clock)
         self._delay = delay_s
         self._delays: dict[tuple[str, str], float] = {}
         self._groups: dict[tuple[str, tuple[str, ...]], list[tuple[float, tuple[str, ...]]]] = {}
@@ -206,7 +207,7 @@ class VirtualChannel:
     def send(self, src: str, dst: str, message: object) -> None:
         handler, delay = self._route(src, dst)
         self.sent += 1
-        self._clock.call_later(delay, functools.partial(handler, src, message))
+        self._later(delay, functools.partial(handler, src, message))
 
     def multicast(self, src: str, dsts: tuple[str, ...], message: object) -> None:
         """``send`` to each of ``dsts`` in turn, with one clock event per distinct delay.
@@ -217,10 +218,13 @@ class VirtualChannel:
         batches = self._batches.get((src, dsts))
         if batches is None:
             batches = self._batches[(src, dsts)] = self._batch(src, dsts)
-        call_later = self._clock.call_later
+        later = self._later
         for delay, handlers, count in batches:
             self.sent += count
-            call_later(delay, functools.partial(_deliver_all, handlers, src, message))
+            if count == 1:
+                later(delay, functools.partial(handlers[0], src, message))
+            else:
+                later(delay, functools.partial(_deliver_all, handlers, src, message))
 
     def _batch(
         self, src: str, dsts: tuple[str, ...]
@@ -395,6 +399,7 @@ class RoundSync:
 
     def __init__(self, clock: Clock, repeaters: int) -> None:
         self._clock = clock
+        self._later = later_scheduler(clock)
         self._expected = repeaters
         self._ok: set[str] = set()
         self._ending = False
@@ -411,7 +416,7 @@ class RoundSync:
             self._ok.add(node)
         if not ok or len(self._ok) >= self._expected:
             self._ending = True
-            self._clock.call_later(0.0, self._next)
+            self._later(0.0, self._next)
 
     def _next(self) -> None:
         self.round += 1
@@ -528,16 +533,37 @@ class _NodeBase:
         self, hop: int, label: Label, slot: int, partner_node: str, partner_slot: int, frame: int
     ) -> None:
         """:meth:`on_herald` with the herald's fields as arguments (``QuantumMedium.attach_fields``)."""
-        side = _LEFT if self._hop_of[_LEFT] == hop else _RIGHT
+        if self._hop_of[_LEFT] == hop:
+            self._herald_left(label, slot, partner_slot, frame)
+        else:
+            self._herald_right(label, slot, partner_slot, frame)
+
+    def herald_handlers(self) -> tuple[tuple[int, Callable[[Label, int, int, int], None]], ...]:
+        """``(hop, handler)`` per adjacent hop, for ``QuantumMedium.attach_hop``: the heralding station
+        then calls the side's handler directly, ``(label, slot, partner_slot, frame)``."""
+        handlers = (self._herald_left, self._herald_right)
+        return tuple((self._hop_of[side], handlers[side]) for side in self._sides)
+
+    def _herald_left(self, label: Label, slot: int, partner_slot: int, frame: int) -> None:
+        """A herald of the hop on the left: this node is its right end, which corrects the frame."""
         self.elementary_pairs += 1
         made = self._made_this_round
-        made[side] = True
-        self._offering[side] = False
-        if side == _LEFT:
-            self._port.apply_pauli(slot, frame)  # right end of the hop corrects
-        self._held(side, label, slot)
-        if not (self._by_rounds and made[side]):
-            self._request(side)
+        made[_LEFT] = True
+        self._offering[_LEFT] = False
+        self._port.apply_pauli(slot, frame)
+        self._held(_LEFT, label, slot)
+        if not (self._by_rounds and made[_LEFT]):
+            self._request(_LEFT)
+
+    def _herald_right(self, label: Label, slot: int, partner_slot: int, frame: int) -> None:
+        """A herald of the hop on the right (this node is its left end: no correction)."""
+        self.elementary_pairs += 1
+        made = self._made_this_round
+        made[_RIGHT] = True
+        self._offering[_RIGHT] = False
+        self._held(_RIGHT, label, slot)
+        if not (self._by_rounds and made[_RIGHT]):
+            self._request(_RIGHT)
 
     def _held(self, side: int, label: Label, slot: int) -> None:
         raise NotImplementedError

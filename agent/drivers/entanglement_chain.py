@@ -245,7 +245,8 @@ class EntanglementChain:
             for name in names[1:-1]
         ]
         for node in (*self.ends, *self.repeaters):
-            self.medium.attach_fields(node.name, node.herald)
+            for hop_id, handler in node.herald_handlers():
+                self.medium.attach_hop(node.name, hop_id, handler)
             self.channel.attach(node.name, node.on_message)
         self._fidelities: list[float] = []
         self._times: list[float] = []

@@ -97,6 +97,7 @@ __all__ = [
     "NodePort",
     "PurificationProtocol",
     "QuantumMedium",
+    "SideHandler",
     "sample_geometric",
 ]
 
@@ -179,6 +180,23 @@ _BSM_RESULTS = (tuple(BsmResult(False, b) for b in range(4)), tuple(BsmResult(Tr
 HeraldHandler = Callable[[int, tuple[int, int], int, str, int, int], None]
 
 
+#: A node's herald handler for one hop (:meth:`QuantumMedium.attach_hop`): ``(label, slot, partner_slot,
+#: frame)``; the station calls it directly.
+SideHandler = Callable[[tuple[int, int], int, int, int], None]
+
+
+def _with_fields(
+    on_herald: HeraldHandler,
+    hop: int,
+    partner_node: str,
+    label: tuple[int, int],
+    slot: int,
+    partner_slot: int,
+    frame: int,
+) -> None:
+    on_herald(hop, label, slot, partner_node, partner_slot, frame)
+
+
 def _with_herald(
     on_herald: Callable[[Herald], None],
     hop: int,
@@ -198,7 +216,7 @@ class _Memory:
 
     def __init__(self, name: str, spec: MemorySpec) -> None:
         self.name = name
-        self.qubits: dict[int, _Qubit] = {}
+        self.qubits: dict[int, _Qubit] = {}  # a _Pair (an end of it) or a _Lone
         self.coherence_s = self.t2_s = self.swap_success = 0.0
         self.specify(spec)
 
@@ -208,32 +226,59 @@ class _Memory:
         self.swap_success = spec.swap_success
 
 
-class _Qubit:
-    __slots__ = ("collapsed", "mem", "pair", "slot", "touched_s")
+class _Lone:
+    """A qubit entangled with nothing: unentangled, or collapsed to ``collapsed = (basis, value)`` by
+    the measurement of its partner at ``touched_s``."""
 
-    def __init__(self, mem: _Memory, slot: int, touched_s: float) -> None:
+    __slots__ = ("collapsed", "mem", "slot", "touched_s")
+
+    def __init__(
+        self, mem: _Memory, slot: int, touched_s: float, collapsed: tuple[Basis, int] | None
+    ) -> None:
         self.mem = mem
         self.slot = slot
         self.touched_s = touched_s
-        self.pair: _Pair | None = None
-        self.collapsed: tuple[Basis, int] | None = None
+        self.collapsed = collapsed
 
 
 class _Pair:
-    """A live pair: ``p`` is its Bell-diagonal state (a :class:`BellState`'s probabilities), decohered
-    up to its qubits' ``touched_s``."""
+    """A live pair, one record for both qubits: its label, its Bell-diagonal state ``p`` (a
+    :class:`BellState`'s probabilities) decohered up to each end's last touch, its Pauli frame, and its two
+    ends, ``a`` and ``b``: memory, slot and the time the qubit was last touched (``a_s``, ``b_s``).
 
-    __slots__ = ("a", "b", "frame", "label", "p")
+    Both ends' memories hold the record itself under the end's slot: while it is live, exactly those two
+    entries refer to it. End ``a`` is the one whose decoherence is applied first.
+    """
 
-    def __init__(self, label: tuple[int, int], a: _Qubit, b: _Qubit, p: Probabilities, frame: int) -> None:
+    __slots__ = ("a_mem", "a_s", "a_slot", "b_mem", "b_s", "b_slot", "frame", "label", "p")
+
+    def __init__(
+        self,
+        label: tuple[int, int],
+        p: Probabilities,
+        frame: int,
+        a_mem: _Memory,
+        a_slot: int,
+        b_mem: _Memory,
+        b_slot: int,
+        now: float,
+    ) -> None:
         self.label = label
-        self.a = a
-        self.b = b
         self.p = p
         self.frame = frame
+        self.a_mem = a_mem
+        self.a_slot = a_slot
+        self.a_s = now
+        self.b_mem = b_mem
+        self.b_slot = b_slot
+        self.b_s = now
 
-    def other(self, q: _Qubit) -> _Qubit:
-        return self.b if q is self.a else self.a
+    def is_a(self, mem: _Memory, slot: int) -> bool:
+        """Whether ``(mem, slot)`` is end ``a`` (else it is end ``b``)."""
+        return self.a_slot == slot and self.a_mem is mem
+
+
+_Qubit = _Pair | _Lone  # what a memory slot holds
 
 
 class _Station:
@@ -244,11 +289,13 @@ class _Station:
         "fire",
         "hop",
         "left",
+        "left_cb",
         "left_mem",
         "left_slot",
         "log_fail",
         "p",
         "right",
+        "right_cb",
         "right_mem",
         "right_slot",
         "seq",
@@ -271,6 +318,9 @@ class _Station:
         self.timer: TimerHandle | None = None
         self.seq = 0
         self.fire: Callable[[], None] = _ignore
+        # Each end's herald handler for this hop, resolved when handlers are attached (None: dropped).
+        self.left_cb: SideHandler | None = None
+        self.right_cb: SideHandler | None = None
 
 
 def _ignore() -> None:
@@ -294,17 +344,21 @@ def sample_geometric(rng: random.Random, p: float) -> int:
 class QuantumMedium:
     """Every pair's state, frame and storage times; heralding stations; measurement statistics.
 
-    Each node's memory is a :class:`_Memory` with its qubits in a dictionary by slot number; the node's
-    :class:`NodePort` and the heralding stations of its hops hold that object, so an operation finds
-    its qubit with one lookup by slot.
+    Each node's memory is a :class:`_Memory` with what its slots hold in a dictionary by slot number: a
+    live pair's one record (:class:`_Pair`, held under both ends' slots) or a qubit entangled with nothing
+    (:class:`_Lone`). The node's :class:`NodePort` and the heralding stations of its hops hold that
+    memory, so an operation finds its qubit with one lookup by slot; a station holds each end's herald
+    handler for its hop and calls it directly.
     """
 
     def __init__(self, clock: Clock, seed: int, memories: dict[str, MemorySpec], hops: list[HopSpec]) -> None:
         self._clock = clock
+        self._now = clock.now
         self._rng = random.Random(seed)
         self._mems = {node: _Memory(node, spec) for node, spec in memories.items()}
         self._stations: dict[int, _Station] = {}
         self._herald_cb: dict[str, HeraldHandler] = {}
+        self._hop_cb: dict[tuple[str, int], SideHandler] = {}
         self._purifications: dict[tuple[int, int], _Purification] = {}
         for hop in hops:
             self.add_hop(hop)
@@ -313,15 +367,44 @@ class QuantumMedium:
 
     def attach(self, node: str, on_herald: Callable[[Herald], None]) -> None:
         """Register the node's herald handler (its heralding-station detector lines)."""
-        self._herald_cb[node] = functools.partial(_with_herald, on_herald)
+        self.attach_fields(node, functools.partial(_with_herald, on_herald))
 
     def attach_fields(self, node: str, on_herald: HeraldHandler) -> None:
         """:meth:`attach` for a handler that takes a herald's fields as arguments (no :class:`Herald`)."""
         self._herald_cb[node] = on_herald
+        self._wire(node)
+
+    def attach_hop(self, node: str, hop: int, on_herald: SideHandler) -> None:
+        """Register the node's herald handler for one hop, ``(label, slot, partner_slot, frame)``.
+
+        It takes precedence over the node's :meth:`attach` handler for that hop; the station calls it
+        directly (what an in-process engine uses: no dispatch on the hop per herald).
+        """
+        self._hop_cb[(node, hop)] = on_herald
+        self._wire(node)
 
     def detach(self, node: str) -> None:
-        """Forget the node's herald handler (its heralds are dropped until it attaches again)."""
+        """Forget the node's herald handlers (its heralds are dropped until it attaches again)."""
         self._herald_cb.pop(node, None)
+        for key in [key for key in self._hop_cb if key[0] == node]:
+            del self._hop_cb[key]
+        self._wire(node)
+
+    def _wire(self, node: str) -> None:
+        for st in self._stations.values():
+            if st.left == node:
+                st.left_cb = self._side_handler(node, st.hop, st.right)
+            if st.right == node:
+                st.right_cb = self._side_handler(node, st.hop, st.left)
+
+    def _side_handler(self, node: str, hop: int, partner_node: str) -> SideHandler | None:
+        handler = self._hop_cb.get((node, hop))
+        if handler is not None:
+            return handler
+        fields = self._herald_cb.get(node)
+        if fields is None:
+            return None
+        return functools.partial(_with_fields, fields, hop, partner_node)
 
     def add_node(self, node: str, memory: MemorySpec) -> None:
         """Add (or re-specify) a node's memory, for media whose nodes join while they run."""
@@ -340,6 +423,8 @@ class QuantumMedium:
             raise ConfigError(f"hop {hop.hop} defined twice")
         st = _Station(hop, self._mems[hop.left], self._mems[hop.right])
         st.fire = functools.partial(self._herald, st)
+        st.left_cb = self._side_handler(st.left, st.hop, st.right)
+        st.right_cb = self._side_handler(st.right, st.hop, st.left)
         self._stations[hop.hop] = st
 
     def remove_hop(self, hop: int) -> None:
@@ -431,9 +516,6 @@ class QuantumMedium:
         if left_slot is None or right_slot is None:  # never: a withdrawn offer cancels the timer
             return
         st.left_slot = st.right_slot = None
-        now = self._clock.now()
-        qa = _Qubit(st.left_mem, left_slot, now)
-        qb = _Qubit(st.right_mem, right_slot, now)
         # |Psi+> or |Psi->, by the detector pattern: rng.choice((2, 3)) spelt out (same draws).
         getrandbits = self._rng.getrandbits
         r = getrandbits(2)
@@ -441,38 +523,49 @@ class QuantumMedium:
             r = getrandbits(2)
         frame = 2 + r
         st.seq = seq = st.seq + 1
-        hop = st.hop
-        label = (hop, seq)
-        qa.pair = qb.pair = _Pair(label, qa, qb, st.state_p, frame)
-        st.left_mem.qubits[left_slot] = qa
-        st.right_mem.qubits[right_slot] = qb
-        left, right = st.left, st.right
-        callbacks = self._herald_cb
-        callback = callbacks.get(left)
+        label = (st.hop, seq)
+        left_mem, right_mem = st.left_mem, st.right_mem
+        left_mem.qubits[left_slot] = right_mem.qubits[right_slot] = _Pair(
+            label, st.state_p, frame, left_mem, left_slot, right_mem, right_slot, self._now()
+        )
+        callback = st.left_cb
         if callback is not None:
-            callback(hop, label, left_slot, right, right_slot, frame)
-        callback = callbacks.get(right)
+            callback(label, left_slot, right_slot, frame)
+        callback = st.right_cb
         if callback is not None:
-            callback(hop, label, right_slot, left, left_slot, frame)
+            callback(label, right_slot, left_slot, frame)
 
     # -- decoherence --------------------------------------------------------------------------------
 
-    def _touch(self, q: _Qubit, now: float) -> None:
-        """Decohere ``q`` (its pair, or its collapsed value) from its last touch to ``now``."""
+    def _touch_end(self, pair: _Pair, a: bool, now: float) -> None:
+        """Decohere ``pair`` through one end's memory (``a`` or ``b``) from its last touch to ``now``."""
+        if a:
+            dt = now - pair.a_s
+            if dt <= 0:
+                return
+            pair.a_s = now
+            mem = pair.a_mem
+        else:
+            dt = now - pair.b_s
+            if dt <= 0:
+                return
+            pair.b_s = now
+            mem = pair.b_mem
+        # depolarise(..., qubits=1) then dephase(..., qubits=1), on the bare probabilities.
+        coherence_s, t2_s = mem.coherence_s, mem.t2_s
+        if coherence_s != _INF:
+            pair.p = depolarise_p(pair.p, _exp(-dt / coherence_s))
+        if t2_s != _INF:
+            pair.p = dephase_p(pair.p, (1.0 - _exp(-dt / t2_s)) / 2.0)
+
+    def _touch_lone(self, q: _Lone, now: float) -> None:
+        """Decohere a collapsed qubit's value from its last touch to ``now``."""
         dt = now - q.touched_s
         if dt <= 0:
             return
         q.touched_s = now
-        mem = q.mem
-        pair = q.pair
-        if pair is not None:
-            # depolarise(..., qubits=1) then dephase(..., qubits=1), on the bare probabilities.
-            coherence_s, t2_s = mem.coherence_s, mem.t2_s
-            if coherence_s != _INF:
-                pair.p = depolarise_p(pair.p, _exp(-dt / coherence_s))
-            if t2_s != _INF:
-                pair.p = dephase_p(pair.p, (1.0 - _exp(-dt / t2_s)) / 2.0)
-        elif q.collapsed is not None:
+        if q.collapsed is not None:
+            mem = q.mem
             basis, value = q.collapsed
             flip = (1.0 - math.exp(-dt / mem.coherence_s)) / 2.0
             if basis is Basis.X and not math.isinf(mem.t2_s):
@@ -482,17 +575,18 @@ class QuantumMedium:
                 q.collapsed = (basis, value ^ 1)
 
     def _touch_pair(self, pair: _Pair, now: float) -> None:
-        """``_touch`` both qubits of a live pair (a then b), without a call per qubit.
+        """Decohere both ends of a live pair (``a`` then ``b``), without a call per end.
 
         ``depolarise_p`` is spelt out (the same operations, so the same numbers): this runs on every
-        Bell measurement and correction.
+        Bell measurement and correction. An end touched already at ``now`` costs one comparison.
         """
+        dt_a = now - pair.a_s
+        dt_b = now - pair.b_s
+        if dt_a <= 0 and dt_b <= 0:
+            return
         i, z, x, y = pair.p
-        for q in (pair.a, pair.b):
-            dt = now - q.touched_s
+        for dt, mem in ((dt_a, pair.a_mem), (dt_b, pair.b_mem)):
             if dt > 0:
-                q.touched_s = now
-                mem = q.mem
                 if mem.coherence_s != _INF:
                     k = _exp(-dt / mem.coherence_s)
                     i = 0.25 + (i - 0.25) * k
@@ -503,7 +597,28 @@ class QuantumMedium:
                     i, z, x, y = i / total, z / total, x / total, y / total
                 if mem.t2_s != _INF:
                     i, z, x, y = dephase_p((i, z, x, y), (1.0 - _exp(-dt / mem.t2_s)) / 2.0)
+        pair.a_s = pair.b_s = now
         pair.p = (i, z, x, y)
+
+    @staticmethod
+    def _unpair(
+        mem: _Memory, slot: int, pair: _Pair, collapsed: tuple[Basis, int] | None, now: float
+    ) -> None:
+        """The qubit in ``slot`` of ``mem`` (an end of ``pair``) is entangled with nothing from now on."""
+        qubits = mem.qubits
+        if qubits.get(slot) is pair:
+            qubits[slot] = _Lone(mem, slot, now, collapsed)
+
+    def _orphan(self, pair: _Pair, mem: _Memory, slot: int) -> None:
+        """The far end of ``pair`` from ``(mem, slot)`` is left unentangled.
+
+        No decoherence: it would only decohere the state of a pair nobody can reach any more, and an
+        unentangled qubit without a collapsed value has nothing left to decohere.
+        """
+        if pair.is_a(mem, slot):
+            self._unpair(pair.b_mem, pair.b_slot, pair, None, pair.b_s)
+        else:
+            self._unpair(pair.a_mem, pair.a_slot, pair, None, pair.a_s)
 
     # -- node operations ----------------------------------------------------------------------------
     # Each public operation names the node; the underscored forms take its memory (what a NodePort binds).
@@ -516,13 +631,19 @@ class QuantumMedium:
         q = mem.qubits.get(slot)
         if q is None:
             raise DriverError(f"node {mem.name}: slot {slot} holds no qubit")
-        now = self._clock.now()
+        now = self._now()
+        if type(q) is _Pair:
+            if q.a_slot == slot and q.a_mem is mem:
+                if q.a_s < now:
+                    self._touch_end(q, True, now)
+            elif q.b_s < now:
+                self._touch_end(q, False, now)
+            q.frame ^= pauli & 3
+            return
+        assert type(q) is _Lone
         if q.touched_s < now:
-            self._touch(q, now)
-        pair = q.pair
-        if pair is not None:
-            pair.frame ^= pauli & 3
-        elif q.collapsed is not None:
+            self._touch_lone(q, now)
+        if q.collapsed is not None:
             basis, value = q.collapsed
             flips = (pauli >> 1) & 1 if basis is Basis.Z else pauli & 1
             q.collapsed = (basis, value ^ flips)
@@ -543,32 +664,37 @@ class QuantumMedium:
         rng = self._rng
         ok = a >= 1.0 or rng.random() < a
         bits = rng.getrandbits(2)
-        p1, p2 = q1.pair, q2.pair
         del qubits[slot1], qubits[slot2]
-        if p1 is None or p2 is None or p1 is p2:
+        if type(q1) is not _Pair or type(q2) is not _Pair or q1 is q2:
             # Measuring an unentangled qubit (or both halves of one pair) entangles nothing.
-            for p in (p1, p2):
-                if p is not None:
-                    self._orphan(p.other(q1 if p is p1 else q2), p)
+            if type(q1) is _Pair and q1 is not q2:
+                self._orphan(q1, mem, slot1)
+            if type(q2) is _Pair and q2 is not q1:
+                self._orphan(q2, mem, slot2)
             return _BSM_RESULTS[ok][bits]
-        now = self._clock.now()
-        self._touch_pair(p1, now)
-        self._touch_pair(p2, now)
-        x = p1.b if q1 is p1.a else p1.a
-        y = p2.b if q2 is p2.a else p2.a
+        now = self._now()
+        self._touch_pair(q1, now)
+        self._touch_pair(q2, now)
+        # The outer ends: x of q1, y of q2.
+        if q1.a_slot == slot1 and q1.a_mem is mem:
+            x_mem, x_slot, x_s = q1.b_mem, q1.b_slot, q1.b_s
+        else:
+            x_mem, x_slot, x_s = q1.a_mem, q1.a_slot, q1.a_s
+        if q2.a_slot == slot2 and q2.a_mem is mem:
+            y_mem, y_slot, y_s = q2.b_mem, q2.b_slot, q2.b_s
+        else:
+            y_mem, y_slot, y_s = q2.a_mem, q2.a_slot, q2.a_s
         if not ok:
-            self._orphan(x, p1)
-            self._orphan(y, p2)
+            self._unpair(x_mem, x_slot, q1, None, x_s)
+            self._unpair(y_mem, y_slot, q2, None, y_s)
             return _BSM_RESULTS[False][bits]
-        x.pair = y.pair = _Pair(p1.label, x, y, swap_p(p1.p, p2.p), p1.frame ^ p2.frame ^ bits)
+        # q1's record becomes the swapped pair (x, y): the label of q1, no new record.
+        q1.p = swap_p(q1.p, q2.p)
+        q1.frame ^= q2.frame ^ bits
+        q1.a_mem, q1.a_slot, q1.a_s = x_mem, x_slot, x_s
+        q1.b_mem, q1.b_slot, q1.b_s = y_mem, y_slot, y_s
+        y_mem.qubits[y_slot] = q1
         return _BSM_RESULTS[True][bits]
-
-    def _orphan(self, q: _Qubit, pair: _Pair) -> None:
-        # No _touch: it would only decohere the state of a pair nobody can reach any more, and an
-        # unentangled qubit without a collapsed value has nothing left to decohere.
-        if q.pair is pair:
-            q.pair = None
-            q.collapsed = None
 
     def measure(self, node: str, slot: int, basis: Basis) -> int:
         """Measure the qubit in ``slot`` in ``basis`` (frees the slot); returns the outcome bit."""
@@ -578,18 +704,21 @@ class QuantumMedium:
         q = mem.qubits.pop(slot, None)
         if q is None:
             raise DriverError(f"node {mem.name}: slot {slot} holds no qubit")
-        now = self._clock.now()
-        self._touch(q, now)
-        pair = q.pair
-        if pair is not None:
-            partner = pair.other(q)
-            self._touch(partner, now)
+        now = self._now()
+        if type(q) is _Pair:
+            mine = q.is_a(mem, slot)
+            self._touch_end(q, mine, now)  # this qubit, then its partner
+            self._touch_end(q, not mine, now)
             outcome = self._rng.getrandbits(1)
-            error = self._sample_error(pair.p) ^ pair.frame
+            error = self._sample_error(q.p) ^ q.frame
             flip = (error >> 1) & 1 if basis is Basis.Z else error & 1
-            partner.pair = None
-            partner.collapsed = (basis, outcome ^ flip)
+            if mine:
+                self._unpair(q.b_mem, q.b_slot, q, (basis, outcome ^ flip), now)
+            else:
+                self._unpair(q.a_mem, q.a_slot, q, (basis, outcome ^ flip), now)
             return outcome
+        assert type(q) is _Lone
+        self._touch_lone(q, now)
         if q.collapsed is not None and q.collapsed[0] is basis:
             return q.collapsed[1]
         return self._rng.getrandbits(1)
@@ -611,13 +740,8 @@ class QuantumMedium:
 
     def _discard(self, mem: _Memory, slot: int) -> None:
         q = mem.qubits.pop(slot, None)
-        if q is not None:
-            pair = q.pair
-            if pair is not None:
-                partner = pair.b if q is pair.a else pair.a
-                if partner.pair is pair:  # _orphan, spelt out
-                    partner.pair = None
-                    partner.collapsed = None
+        if type(q) is _Pair:
+            self._orphan(q, mem, slot)
 
     def purify_local(
         self, node: str, keep_slot: int, sacrifice_slot: int, protocol: PurificationProtocol
@@ -635,28 +759,30 @@ class QuantumMedium:
             raise DriverError(f"node {node}: slot {keep_slot} holds no qubit")
         if sac is None:
             raise DriverError(f"node {node}: slot {sacrifice_slot} holds no qubit")
-        if keep.pair is None:
+        if type(keep) is not _Pair:
             raise DriverError(f"node {node}: slot {keep_slot} holds no pair to purify")
-        label = keep.pair.label
+        label = keep.label
         job = self._purifications.get(label)
         if job is None:
-            pk, ps = keep.pair, sac.pair
-            other = pk.other(keep)
-            if ps is None or ps is pk or ps.other(sac).mem is not other.mem:
+            other_mem = keep.b_mem if keep.is_a(mem, keep_slot) else keep.a_mem
+            if (
+                type(sac) is not _Pair
+                or sac is keep
+                or (sac.b_mem if sac.is_a(mem, sacrifice_slot) else sac.a_mem) is not other_mem
+            ):
                 raise DriverError(
                     f"node {node}: slots {keep_slot}, {sacrifice_slot} do not share a partner node"
                 )
-            now = self._clock.now()
-            self._touch_pair(pk, now)
-            self._touch_pair(ps, now)
+            now = self._now()
+            self._touch_pair(keep, now)
+            self._touch_pair(sac, now)
             fn = bbpssw if protocol is PurificationProtocol.BBPSSW else dejmps
-            p_ok, out = fn(BellState.trusted(pk.p), BellState.trusted(ps.p))
+            p_ok, out = fn(BellState.trusted(keep.p), BellState.trusted(sac.p))
             ok = self._rng.random() < p_ok
             bit = self._rng.getrandbits(1)
-            pk.p = out.p if ok else _MIXED
-            ps_other = ps.other(sac)
-            ps_other.pair = None  # measured by the far end's half of the round
-            job = _Purification({node: bit, other.mem.name: bit ^ (0 if ok else 1)}, set())
+            keep.p = out.p if ok else _MIXED
+            self._orphan(sac, mem, sacrifice_slot)  # measured by the far end's half of the round
+            job = _Purification({node: bit, other_mem.name: bit ^ (0 if ok else 1)}, set())
             self._purifications[label] = job
         del qubits[sacrifice_slot]
         job.done.add(node)
@@ -671,10 +797,10 @@ class QuantumMedium:
         """Ground truth: the state of the pair in ``slot`` decohered to now, once its frame is corrected."""
         mem = self._mems.get(node)
         q = mem.qubits.get(slot) if mem is not None else None
-        if q is None or q.pair is None:
+        if type(q) is not _Pair:
             return None
-        self._touch_pair(q.pair, self._clock.now())
-        return BellState.trusted(q.pair.p)
+        self._touch_pair(q, self._now())
+        return BellState.trusted(q.p)
 
     def port(self, node: str) -> NodePort:
         """The operations of one node's hardware (what its controller is given)."""
