@@ -251,6 +251,21 @@ def test_entanglement_chain_is_consistent(ctx: libyang.Context) -> None:
             assert at_end[key] == at_repeater[key], (end, key)
     assert len(elinks("r")) == 2
 
+    # Both ends of a hop use the same elementary link: the ends name it (next_link_id/prev_link_id), the
+    # repeater leaves it out, which stands for its only link to that neighbour. The ends also say how
+    # many memories the session may use there (1 + purification rounds, what the controller reserves);
+    # the repeater's absent prev_memories/next_memories stand for 1 per side.
+    def only_link(name: str, remote: str) -> str:
+        (link_id,) = (k for k, v in elinks(name).items() if v["remote_qkdn_id"] == remote)
+        return link_id
+
+    assert "prev_link_id" not in sr and "next_link_id" not in sr
+    assert sa["next_link_id"] == only_link("r", ids["a"]) == only_link("a", ids["r"])
+    assert sb["prev_link_id"] == only_link("r", ids["b"]) == only_link("b", ids["r"])
+    rounds = sa["purification"]["rounds"]
+    assert sa["next_memories"] == sb["prev_memories"] == 1 + rounds
+    assert "prev_memories" not in sr and "next_memories" not in sr
+
     # Only the repeater swaps (nested, round 1) and it needs memories; only the ends hold the key.
     assert sa["swap_order"] == sr["swap_order"] == "nested"
     assert sr["swap_round"] == 1 and "swap_round" not in sa and "swap_round" not in sb

@@ -243,7 +243,11 @@ module: qsdn-entanglement
              +--rw end_b_qkdn_id              yang:uuid
              +--rw path*                      yang:uuid
              +--rw prev_hop?                  yang:uuid
+             +--rw prev_link_id?              -> ../../../elementary_links/elementary_link/link_id
+             +--rw prev_memories?             uint32
              +--rw next_hop?                  yang:uuid
+             +--rw next_link_id?              -> ../../../elementary_links/elementary_link/link_id
+             +--rw next_memories?             uint32
              +--rw swap_order?                swap-order
              +--rw swap_round                 uint8
              +--rw purification

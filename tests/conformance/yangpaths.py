@@ -89,6 +89,9 @@ VALID_INSTANCES: dict[str, str] = {
     "entanglement-end-a-state.json": "data",
     # A pairs session whose applications at end B are named for the entanglement delivery API.
     "entanglement-pairs-end-b.xml": "config",
+    # Two sessions over the same repeater segment, each on its own elementary links (named by
+    # prev_link_id/next_link_id) and memories, which add up to exactly memories/count.
+    "entanglement-two-sessions-repeater.json": "config",
     "notif-entanglement-session-update.xml": "notif",
 }
 
@@ -165,6 +168,18 @@ INVALID_INSTANCES: dict[str, Rejection] = {
         "notif", 'Node "qkdl_status" not found as a child of "qkd_link" node'
     ),
     # qsdn-entanglement: each case breaks one rule of the module, named by its error-message.
+    "invalid-ent-memories-over-committed.json": Rejection(
+        "config", "the sessions of this node use more memories than it has"
+    ),
+    "invalid-ent-memories-implicitly-over-committed.json": Rejection(
+        "config", "the sessions of this node use more memories than it has"
+    ),
+    "invalid-ent-link-id-other-neighbour.json": Rejection(
+        "config", "prev_link_id names an elementary link to another node than prev_hop"
+    ),
+    "invalid-ent-hop-link-ambiguous.json": Rejection(
+        "config", "prev_hop has several elementary links to it: prev_link_id names the session's"
+    ),
     "invalid-ent-key-link-on-repeater.json": Rejection(
         "config", "key_qkdl_id is set on a repeater: BBM92 key exists only at the two end nodes"
     ),
