@@ -336,6 +336,21 @@ class SwapRecords:
                 return "failed", label, 0
             return "ok", label, 0
         index = self._by_left if rightwards else self._by_right
+        out = index.get(label)
+        if out is None:
+            if label not in discarded:
+                return "pending", label, 0
+            discarded.discard(label)  # forget() of a walk that stopped at once
+            return "failed", label, 0
+        if out.ok:
+            at = out.right if rightwards else out.left
+            if at[0] == target_hop:  # one swap away (forget() of it, spelt out)
+                self._by_left.pop(out.left, None)
+                self._by_right.pop(out.right, None)
+                if at in discarded:
+                    discarded.discard(at)
+                    return "failed", at, out.bits
+                return "ok", at, out.bits
         frame = 0
         at = label
         while True:
@@ -698,32 +713,43 @@ class RepeaterNode(_NodeBase):
     def _swapped(self, left: _Held, right: _Held, round_no: int, result: BsmResult) -> None:
         records = self._records
         lo, hi = self._targets
+        left_label, right_label, ok = left.label, right.label, result.ok
         # forget() of a label on its target hop only drops it from the discards
-        if left.label[0] == lo:
-            records._discarded.discard(left.label)
+        if left_label[0] == lo:
+            records._discarded.discard(left_label)
         else:
-            records.forget(left.label, False, lo)
-        if right.label[0] == hi:
-            records._discarded.discard(right.label)
+            records.forget(left_label, False, lo)
+        if right_label[0] == hi:
+            records._discarded.discard(right_label)
         else:
-            records.forget(right.label, True, hi)
+            records.forget(right_label, True, hi)
         stats = self.stats
         stats.swaps += 1
-        if not result.ok:
+        if not ok:
             stats.swap_failures += 1
-        logger.debug("repeater %s: swapped %s with %s ok=%s", self.name, left.label, right.label, result.ok)
-        self._announce(
-            _new_swap_outcome(self.name, left.label, right.label, result.ok, result.bits), self._audience
-        )
+        logger.debug("repeater %s: swapped %s with %s ok=%s", self.name, left_label, right_label, ok)
+        outcome = _new_swap_outcome(self.name, left_label, right_label, ok, result.bits)
+        if self._multicast is not None:  # _announce, spelt out
+            self._multicast(self.name, self._audience, outcome)
+        else:
+            self._announce(outcome, self._audience)
         self._release(_LEFT, left.slot)
         self._release(_RIGHT, right.slot)
-        self._report(result.ok, round_no)
+        if self._rounds is not None:  # _report, spelt out
+            self._rounds.report(self.name, round_no, ok)
 
     def _report(self, ok: bool, round_no: int | None = None) -> None:
         if self._rounds is not None:
             self._rounds.report(self.name, self._round if round_no is None else round_no, ok)
 
     def _new_round(self, round_no: int) -> None:
+        left, right = self._waiting
+        if left or right:
+            self._discard_waiting()
+        _NodeBase._new_round(self, round_no)
+
+    def _discard_waiting(self) -> None:
+        """Discard (and announce) every qubit a round left waiting."""
         for side, queue in enumerate(self._waiting):
             while queue:
                 held = queue.popleft()
@@ -733,7 +759,6 @@ class RepeaterNode(_NodeBase):
                     held.cutoff.cancel()
                 self._announce(Discarded(self.name, held.label), self._audience)
                 self._free[side].append(held.slot)
-        _NodeBase._new_round(self, round_no)
 
 
 class DeliveredPair:
@@ -867,7 +892,12 @@ class EndNode(_NodeBase):
             self._resolve()
 
     def on_message(self, src: str, message: object) -> None:
-        if isinstance(message, _RECORDED):
+        if type(message) is SwapOutcome:  # SwapRecords.add, spelt out
+            records = self._records
+            records._by_left[message.left] = message
+            records._by_right[message.right] = message
+            self._resolve()
+        elif isinstance(message, _RECORDED):
             self._records.add(message)
             self._resolve()
         elif isinstance(message, PurifyRequest) and not self._left_end:

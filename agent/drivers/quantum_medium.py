@@ -577,26 +577,38 @@ class QuantumMedium:
     def _touch_pair(self, pair: _Pair, now: float) -> None:
         """Decohere both ends of a live pair (``a`` then ``b``), without a call per end.
 
-        ``depolarise_p`` is spelt out (the same operations, so the same numbers): this runs on every
-        Bell measurement and correction. An end touched already at ``now`` costs one comparison.
+        ``depolarise_p`` is spelt out for each end (the same operations, so the same numbers): this runs
+        on every Bell measurement. An end touched already at ``now`` costs one comparison.
         """
         dt_a = now - pair.a_s
         dt_b = now - pair.b_s
         if dt_a <= 0 and dt_b <= 0:
             return
         i, z, x, y = pair.p
-        for dt, mem in ((dt_a, pair.a_mem), (dt_b, pair.b_mem)):
-            if dt > 0:
-                if mem.coherence_s != _INF:
-                    k = _exp(-dt / mem.coherence_s)
-                    i = 0.25 + (i - 0.25) * k
-                    z = 0.25 + (z - 0.25) * k
-                    x = 0.25 + (x - 0.25) * k
-                    y = 0.25 + (y - 0.25) * k
-                    total = i + z + x + y
-                    i, z, x, y = i / total, z / total, x / total, y / total
-                if mem.t2_s != _INF:
-                    i, z, x, y = dephase_p((i, z, x, y), (1.0 - _exp(-dt / mem.t2_s)) / 2.0)
+        if dt_a > 0:
+            mem = pair.a_mem
+            if mem.coherence_s != _INF:
+                k = _exp(-dt_a / mem.coherence_s)
+                i = 0.25 + (i - 0.25) * k
+                z = 0.25 + (z - 0.25) * k
+                x = 0.25 + (x - 0.25) * k
+                y = 0.25 + (y - 0.25) * k
+                total = i + z + x + y
+                i, z, x, y = i / total, z / total, x / total, y / total
+            if mem.t2_s != _INF:
+                i, z, x, y = dephase_p((i, z, x, y), (1.0 - _exp(-dt_a / mem.t2_s)) / 2.0)
+        if dt_b > 0:
+            mem = pair.b_mem
+            if mem.coherence_s != _INF:
+                k = _exp(-dt_b / mem.coherence_s)
+                i = 0.25 + (i - 0.25) * k
+                z = 0.25 + (z - 0.25) * k
+                x = 0.25 + (x - 0.25) * k
+                y = 0.25 + (y - 0.25) * k
+                total = i + z + x + y
+                i, z, x, y = i / total, z / total, x / total, y / total
+            if mem.t2_s != _INF:
+                i, z, x, y = dephase_p((i, z, x, y), (1.0 - _exp(-dt_b / mem.t2_s)) / 2.0)
         pair.a_s = pair.b_s = now
         pair.p = (i, z, x, y)
 
@@ -672,9 +684,6 @@ class QuantumMedium:
             if type(q2) is _Pair and q2 is not q1:
                 self._orphan(q2, mem, slot2)
             return _BSM_RESULTS[ok][bits]
-        now = self._now()
-        self._touch_pair(q1, now)
-        self._touch_pair(q2, now)
         # The outer ends: x of q1, y of q2.
         if q1.a_slot == slot1 and q1.a_mem is mem:
             x_mem, x_slot, x_s = q1.b_mem, q1.b_slot, q1.b_s
@@ -685,9 +694,15 @@ class QuantumMedium:
         else:
             y_mem, y_slot, y_s = q2.a_mem, q2.a_slot, q2.a_s
         if not ok:
+            # No decoherence first: it would only change states nobody can reach any more (the outer
+            # qubits are left unentangled, without a collapsed value to decohere).
             self._unpair(x_mem, x_slot, q1, None, x_s)
             self._unpair(y_mem, y_slot, q2, None, y_s)
             return _BSM_RESULTS[False][bits]
+        now = self._now()
+        self._touch_pair(q1, now)
+        self._touch_pair(q2, now)
+        x_s = y_s = now
         # q1's record becomes the swapped pair (x, y): the label of q1, no new record.
         q1.p = swap_p(q1.p, q2.p)
         q1.frame ^= q2.frame ^ bits
