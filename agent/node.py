@@ -9,8 +9,10 @@
 - Driver events become ETSI GS QKD 015 notifications on the NETCONF stream.
 - With an entanglement driver (the agent configuration's ``entanglement`` section), the
   ``qsdn-entanglement`` sessions of running are applied to it in the same step (a session is created,
-  or removed, or replaced when anything it depends on changed: its leaves, its hops' elementary links,
-  the node's memories); a refusal vetoes the whole change and both drivers are put back. ``<get>`` adds
+  or removed, or replaced when anything it depends on changed: its leaves, its hops' elementary links
+  (``prev_link_id``/``next_link_id``, or the only link to that neighbour), the memories it may use
+  (``prev_memories``/``next_memories``, or 1 per side at a repeater and 1 + purification rounds at an
+  end), the node's memories); a refusal vetoes the whole change and both drivers are put back. ``<get>`` adds
   the state leaves of memories, elementary links and sessions, and status changes become
   ``entanglement_session_update`` notifications. Without an entanglement driver the container is
   configuration only.
@@ -166,6 +168,24 @@ def _num(el: etree._Element | None, *path: str) -> float | None:
     return float(v) if v is not None else None
 
 
+def session_memories(role: str, purification_rounds: int) -> int:
+    """Memories a session uses per hop at a node whose configuration does not say (``prev_memories``/
+    ``next_memories`` absent): the least it runs with, which is what the controller reserves, 1 at a
+    repeater and ``1 + purification rounds`` at an end (the same rule as the model's memory check)."""
+    return 1 if role == "repeater" else 1 + purification_rounds
+
+
+def _hop_link(
+    links: dict[str, ElementaryLinkConfig], hop: str, link_id: str | None
+) -> ElementaryLinkConfig | None:
+    """The elementary link a session uses towards ``hop``: the one it names, else the only one to that
+    node (the model refuses a hop with several links and no name; the lowest link_id if it were so)."""
+    if link_id is not None:
+        return links.get(link_id)
+    to_hop = sorted((lid for lid, link in links.items() if link.remote_qkdn_id == hop))
+    return links[to_hop[0]] if to_hop else None
+
+
 @functools.lru_cache(maxsize=8)
 def desired_entanglement(xml: str) -> tuple[MemoryConfig | None, dict[str, EntanglementSessionConfig]]:
     """The node's memory and the entanglement sessions the running configuration asks for (cached; do
@@ -191,14 +211,14 @@ def desired_entanglement(xml: str) -> tuple[MemoryConfig | None, dict[str, Entan
         alpha = _num(src, "alpha")
         if sid is not None and alpha is not None:
             alphas[sid] = alpha
-    links: dict[str, ElementaryLinkConfig] = {}
+    links: dict[str, ElementaryLinkConfig] = {}  # by link_id
     for el in ent.iterfind(f"{_q('elementary_links', ENT_NS)}/{_q('elementary_link', ENT_NS)}"):
         link_id = _text(el, "link_id", ns=ENT_NS)
         remote = _text(el, "remote_qkdn_id", ns=ENT_NS)
         if link_id is None or remote is None:
             continue
         source = _text(el, "source_id", ns=ENT_NS)
-        links[remote] = ElementaryLinkConfig(
+        links[link_id] = ElementaryLinkConfig(
             link_id=link_id,
             remote_qkdn_id=remote,
             heralding=_text(el, "heralding", ns=ENT_NS) or "barrett-kok",
@@ -216,13 +236,24 @@ def desired_entanglement(xml: str) -> tuple[MemoryConfig | None, dict[str, Entan
             continue
         prev_hop = _text(se, "prev_hop", ns=ENT_NS)
         next_hop = _text(se, "next_hop", ns=ENT_NS)
-        hops = [h for h in (prev_hop, next_hop) if h is not None]
+        role = _text(se, "role", ns=ENT_NS) or "end"
         protocol = _text(se, "purification", "protocol", ns=ENT_NS) or "none"
         rounds = _text(se, "purification", "rounds", ns=ENT_NS)
+        purification_rounds = (int(rounds) if rounds is not None else 1) if protocol != "none" else 0
         swap_round = _text(se, "swap_round", ns=ENT_NS)
+        hop_links: list[ElementaryLinkConfig] = []
+        hop_memories: list[int] = []
+        for side, hop in (("prev", prev_hop), ("next", next_hop)):
+            if hop is None:
+                continue
+            link = _hop_link(links, hop, _text(se, f"{side}_link_id", ns=ENT_NS))
+            if link is not None:
+                hop_links.append(link)
+            mem = _text(se, f"{side}_memories", ns=ENT_NS)
+            hop_memories.append(int(mem) if mem is not None else session_memories(role, purification_rounds))
         sessions[sid] = EntanglementSessionConfig(
             session_id=sid,
-            role=_text(se, "role", ns=ENT_NS) or "end",
+            role=role,
             end_a_qkdn_id=_text(se, "end_a_qkdn_id", ns=ENT_NS) or "",
             end_b_qkdn_id=_text(se, "end_b_qkdn_id", ns=ENT_NS) or "",
             path=tuple((p.text or "").strip() for p in se.iterfind(_q("path", ENT_NS))),
@@ -230,11 +261,12 @@ def desired_entanglement(xml: str) -> tuple[MemoryConfig | None, dict[str, Entan
             next_hop=next_hop,
             application=_text(se, "application", ns=ENT_NS) or "pairs",
             memory=memory,
-            links=tuple(links[h] for h in hops if h in links),
+            links=tuple(hop_links),
+            memories=tuple(hop_memories),
             swap_order=_text(se, "swap_order", ns=ENT_NS) or "asap",
             swap_round=int(swap_round) if swap_round is not None else None,
             purification=protocol,
-            purification_rounds=(int(rounds) if rounds is not None else 1) if protocol != "none" else 0,
+            purification_rounds=purification_rounds,
             cutoff_time_s=_num(se, "cutoff_time_s"),
             target_fidelity=_num(se, "target_fidelity"),
             target_rate_pairs_per_s=_num(se, "target_rate_pairs_per_s"),

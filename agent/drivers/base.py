@@ -265,8 +265,12 @@ class EntanglementSessionConfig:
     next_hop: str | None
     application: str  # "bbm92-key" or "pairs"
     memory: MemoryConfig
-    #: the elementary links to prev_hop and next_hop, in path order
+    #: the elementary links to prev_hop and next_hop, in path order (``prev_link_id``/``next_link_id``,
+    #: or the only link to that neighbour)
     links: tuple[ElementaryLinkConfig, ...]
+    #: memories the session may use at this node for each of those hops, in the same order
+    #: (``prev_memories``/``next_memories``, or 1 at a repeater and 1 + purification rounds at an end)
+    memories: tuple[int, ...] = ()
     swap_order: str = "asap"
     swap_round: int | None = None
     purification: str = "none"

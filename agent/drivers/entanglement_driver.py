@@ -11,9 +11,13 @@ three small adapters: :class:`RemotePort` (the node's hardware; results of measu
 asynchronously, which is why the engines use the ``*_then`` operations), :class:`RemoteChannel` (classical
 messages, carried and delayed by the medium) and :class:`RemoteRoundSync` (the medium's slot controller).
 
-Memory: each session reserves slots of the node's memory pool (``memories/count``): an end node up to 16
-(all that is free, at least one), a repeater up to 4 per side (at least one); a session that cannot get
-one per side is refused. ``in_use`` counts reserved slots that hold or await a qubit.
+Memory: each session reserves exactly the slots its configuration gives it at this node
+(``prev_memories``/``next_memories`` in the model, what the controller reserved for it; absent, 1 per side
+at a repeater and ``1 + purification rounds`` at an end): one block of the node's pool
+(``memories/count``), never more. A session whose slots do not fit beside the other sessions' is refused
+naming the numbers (the model already refuses a configuration that over-commits ``count``). The engines
+keep the same number of slots on each side, so a repeater given different numbers per side runs with the
+smaller one. ``in_use`` counts reserved slots that hold or await a qubit.
 
 What a node learns: heralds of its own hops, its own measurement results, and the messages addressed to
 it. A repeater's driver holds its engine, its slots and counters; its engine is never given an end-to-end
@@ -32,7 +36,10 @@ relays use it as a hop (:mod:`agent.kme.relay`).
 
 Pairs: at the ends of a ``pairs`` session, delivered pairs wait in a bounded queue
 (:meth:`EmulatedEntanglementDriver.pairs`, the node API for other applications; the oldest waiting pair
-is released when the queue is full).
+is released when the queue is full). The queue's ``run`` is the session's run nonce at the medium (its
+slot controller chooses one each time the session starts there, and tells every node in its ``hop``
+answer), so the two ends share it and a session recreated with the same id never repeats a pair id
+(``<run>-<hop>-<sequence>`` in the entanglement delivery API).
 
 Failures: if the medium cannot be reached, ``create_session`` raises :class:`DriverError` naming the
 address and nothing is started (the agent then refuses the configuration). If the connection is lost
@@ -44,7 +51,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import logging
 import random
@@ -97,8 +103,6 @@ log = logging.getLogger(__name__)
 
 #: Window of the recent rates and fidelities in ``<get>`` and of the status checks.
 WINDOW_S = 3.0
-END_MEMORIES = 16
-REPEATER_MEMORIES = 4
 
 Result = dict[str, Any]
 
@@ -438,9 +442,12 @@ class _SessionSink:
 
 
 class PairQueue:
-    """Delivered pairs of a ``pairs`` session waiting for an application (bounded, oldest released)."""
+    """Delivered pairs of a ``pairs`` session waiting for an application (bounded, oldest released).
 
-    def __init__(self, limit: int = 64) -> None:
+    ``run``: the session's run nonce, shared by its two ends (module docstring); ``""`` if unknown."""
+
+    def __init__(self, limit: int = 64, run: str = "") -> None:
+        self.run = run
         self._pairs: deque[DeliveredPair] = deque()
         self._limit = limit
         self._waiters: deque[asyncio.Future[DeliveredPair]] = deque()
@@ -470,6 +477,16 @@ class PairQueue:
             return await asyncio.wait_for(fut, timeout_s)
         except TimeoutError:
             raise DriverError(f"no entangled pair delivered within {timeout_s} s") from None
+        finally:
+            # a waiter that timed out or was cancelled leaves no trace: a long-lived reader polling with
+            # short timeouts must not grow the queue
+            with contextlib.suppress(ValueError):
+                self._waiters.remove(fut)
+
+    @property
+    def waiters(self) -> int:
+        """Readers waiting in :meth:`get` now."""
+        return len(self._waiters)
 
     def close(self) -> None:
         while self._pairs:
@@ -514,7 +531,8 @@ class _Window:
 class _Run:
     spec: EntanglementSessionConfig
     base: int
-    slots: int
+    slots: int  # per side, for the engine
+    reserved: int  # the session's block of the pool: base .. base + reserved - 1
     port: RemotePort
     channel: RemoteChannel
     rounds: RemoteRoundSync
@@ -621,62 +639,42 @@ class EmulatedEntanglementDriver:
             await self.client.call("hello", node=self.node_id, memory=self._memory_wire(mem))
             self._memory = mem
 
-    def _allocate(self, spec: EntanglementSessionConfig) -> tuple[int, int]:
-        """(first slot, slots per side) of a new session in the node's pool."""
-        used = sorted(
-            (r.base, r.base + r.slots * (2 if r.spec.role == "repeater" else 1)) for r in self._runs.values()
-        )
-        sides = 2 if spec.role == "repeater" else 1
-        free_total = spec.memory.count - sum(b - a for a, b in used)
-        per_side = min(END_MEMORIES if sides == 1 else REPEATER_MEMORIES, free_total // sides)
-        if per_side < 1:
+    @staticmethod
+    def _session_memories(spec: EntanglementSessionConfig) -> tuple[int, ...]:
+        """The memories ``spec`` may use here per hop (its configuration, or the least it runs with)."""
+        hops = 2 if spec.role == "repeater" else 1
+        if len(spec.memories) == hops:
+            return spec.memories
+        return (1 if spec.role == "repeater" else 1 + spec.purification_rounds,) * hops
+
+    def _allocate(self, spec: EntanglementSessionConfig) -> tuple[int, int, int]:
+        """(first slot, slots per side, slots reserved) of a new session in the node's pool: exactly the
+        memories its configuration gives it here, never more."""
+        mems = self._session_memories(spec)
+        need = sum(mems)
+        per_side = min(mems)
+        used = sorted((r.base, r.base + r.reserved) for r in self._runs.values())
+        in_use = sum(b - a for a, b in used)
+        count = spec.memory.count
+        if per_side < 1 or in_use + need > count:
             raise DriverError(
-                f"session {spec.session_id}: no free memory at node {self.node_id}"
-                f" ({spec.memory.count} configured, {spec.memory.count - free_total} in use by other"
-                " sessions)"
+                f"session {spec.session_id}: not enough memory at node {self.node_id}: it needs {need},"
+                f" {count - in_use} of {count} are free ({in_use} used by other sessions)"
             )
-        need = per_side * sides
         base = 0
         for a, b in used:  # first gap that fits
             if a - base >= need:
                 break
             base = max(base, b)
-        return base, per_side
+        return base, per_side, need
 
     async def create_session(self, spec: EntanglementSessionConfig) -> None:
         async with self._lock:
-            run = self._runs.get(spec.session_id)
-            if run is not None and self._relink(run, spec):
-                self._specs[spec.session_id] = spec
-                return
-            if run is not None:
+            if spec.session_id in self._runs:
                 await self._stop_run(spec.session_id)
             await self._ensure_connected(spec.memory)
             await self._start_run(spec)
             self._specs[spec.session_id] = spec
-
-    @staticmethod
-    def _relink(run: _Run, spec: EntanglementSessionConfig) -> bool:
-        """Keep ``run`` going if ``spec`` differs from its configuration only by the ids of its hops'
-        elementary links (the same fibres: a second session's links to the same neighbours can change
-        which one the node's configuration names for this session); rename them in its counters.
-        Restarting one end of a running session would only stall it."""
-        old = run.spec
-        if len(old.links) != len(spec.links):
-            return False
-        pairs = list(zip(old.links, spec.links, strict=True))
-        relinked = dataclasses.replace(
-            old, links=tuple(dataclasses.replace(a, link_id=b.link_id) for a, b in pairs)
-        )
-        if relinked != spec:
-            return False
-        names = {a.link_id: b.link_id for a, b in pairs}
-        run.spec = spec
-        run.hop_links = {hop: names.get(link, link) for hop, link in run.hop_links.items()}
-        run.link_fidelity = {names.get(k, k): v for k, v in run.link_fidelity.items()}
-        run.heralds = {names.get(k, k): v for k, v in run.heralds.items()}
-        run.herald_counts = {names.get(k, k): v for k, v in run.herald_counts.items()}
-        return True
 
     async def remove_session(self, session_id: str) -> None:
         async with self._lock:
@@ -691,7 +689,8 @@ class EmulatedEntanglementDriver:
         link_fidelity: dict[str, float] = {}
         by_remote = {link.remote_qkdn_id: link for link in spec.links}
         neighbours = [(me - 1, spec.prev_hop), (me, spec.next_hop)]
-        base, per_side = self._allocate(spec)
+        base, per_side, reserved = self._allocate(spec)
+        run_nonce_at_medium = ""
         registered = False
         try:
             for hop, remote in neighbours:
@@ -716,12 +715,13 @@ class EmulatedEntanglementDriver:
                 registered = True
                 hop_links[hop] = link.link_id
                 link_fidelity[link.link_id] = float(result["fidelity"])
+                run_nonce_at_medium = str(result.get("run") or run_nonce_at_medium)
         except DriverError:
             if registered:
                 with contextlib.suppress(DriverError):
                     await self.client.call("leave", session=sid, slots=[])
             raise
-        run = self._build(spec, base, per_side, hop_links, link_fidelity)
+        run = self._build(spec, base, per_side, reserved, hop_links, link_fidelity, run_nonce_at_medium)
         self._runs[sid] = run
         run.engine.start()
         log.info(
@@ -737,8 +737,10 @@ class EmulatedEntanglementDriver:
         spec: EntanglementSessionConfig,
         base: int,
         per_side: int,
+        reserved: int,
         hop_links: dict[int, str],
         link_fidelity: dict[str, float],
+        medium_run: str = "",
     ) -> _Run:
         assert self._clock is not None
         sid = spec.session_id
@@ -775,7 +777,7 @@ class EmulatedEntanglementDriver:
                 generation=Generation.ROUNDS,
                 rounds=rounds,
             )
-        run = _Run(spec, base, per_side, port, channel, rounds, engine, hop_links, link_fidelity)
+        run = _Run(spec, base, per_side, reserved, port, channel, rounds, engine, hop_links, link_fidelity)
         if isinstance(engine, EndNode):
             if spec.application == "bbm92-key":
                 if spec.key_qkdl_id is None:
@@ -795,7 +797,7 @@ class EmulatedEntanglementDriver:
                 receive = ep.on_message if leader else sink.wrap_receive(ep.on_message)
                 engine.set_application(functools.partial(self._delivered, run, ep.on_pair), receive)
             else:
-                run.pairs = PairQueue()
+                run.pairs = PairQueue(run=medium_run)
                 engine.set_application(functools.partial(self._delivered, run, run.pairs.put))
         return run
 
@@ -821,8 +823,7 @@ class EmulatedEntanglementDriver:
         if run is None:
             return
         run.close()
-        sides = 2 if run.spec.role == "repeater" else 1
-        slots = list(range(run.base, run.base + run.slots * sides))
+        slots = list(range(run.base, run.base + run.reserved))
         if self.client.connected:
             try:
                 await self.client.call("leave", session=sid, slots=slots)

@@ -23,8 +23,8 @@ op             fields                                                          r
 =============  ==============================================================  ===========================
 hello          node, memory {coherence_time_s, dephasing_time_s (null: none),  medium, version
                swap_success}
-hop            session, hop (index on path), path [qkdn_id...], link_id,        p, attempt_s, fidelity
-               length_km, loss_db (null: 0.2 dB/km), modes, heralding,
+hop            session, hop (index on path), path [qkdn_id...], link_id,        p, attempt_s, fidelity,
+               length_km, loss_db (null: 0.2 dB/km), modes, heralding,         run
                initial_fidelity, alpha (single-click)
 leave          session, slots [...]: withdraw offers, reset those slots        {}
 request        session, hop, slot: offer a free slot to the hop's station      {}
@@ -44,13 +44,18 @@ Events: ``herald`` {session, hop, label [hop, seq], slot, partner, partner_slot,
 ``round`` {session, round}.
 
 Both ends of a hop register it (``hop``) with their own configuration of the elementary link; the first
-registration creates the station, the second must describe the same physics, or it is refused naming the
-difference. The ``link_id`` may differ: a session names its neighbours, not its links, so a node with
-several elementary links to one neighbour (the controller writes one per session over the same span)
-may run the session over another of them than the neighbour does; with the same physics, it is the
-same fibre. ``p`` is Barrett-Kok ``eta_A eta_B / 2`` over the link's loss
+registration creates the station, the second must describe the same link (same ``link_id`` and
+physics), or it is refused naming the difference: each node's session names the elementary link of
+each of its hops (``prev_link_id``/``next_link_id``, or the only link to that neighbour), and the two
+ends of a hop name the same one. ``p`` is Barrett-Kok ``eta_A eta_B / 2`` over the link's loss
 (S. D. Barrett, P. Kok, PRA 71, 060310, 2005), or ``2 alpha eta`` single-click, multiplexed over
 ``modes``; ``attempt_s = L/c``. A session's stations and synchroniser go when its last node leaves.
+
+Run nonce: when a session starts at the medium (its first ``hop``), its slot controller chooses a run
+nonce (the milliseconds of the clock in 11 hexadecimal digits, then 8 random ones) and returns it as
+``run`` in every ``hop`` answer while the session lasts, so all its nodes share it. Pair labels
+(``[hop, sequence]``) restart with a new run; a node that leaves and comes back while the others stay
+gets the same run and labels that go on. The ends name delivered pairs ``<run>-<hop>-<sequence>``.
 
 Message bodies are opaque to the medium: :func:`encode_message` / :func:`decode_message` are the codec
 the nodes use (the engines' dataclasses with a type tag). Only the addressed node receives a message, so a
@@ -67,7 +72,9 @@ import functools
 import json
 import logging
 import math
+import secrets
 import struct
+import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -334,6 +341,8 @@ class _Session:
     hops: dict[int, tuple[int, LinkPhysics]] = field(default_factory=dict)  # index -> (medium hop, physics)
     members: set[str] = field(default_factory=set)
     rounds: RoundSync | None = None
+    #: the run nonce of this session at the medium (module docstring)
+    run: str = field(default_factory=lambda: f"{time.time_ns() // 1_000_000:011x}{secrets.token_hex(4)}")
 
     def delay_s(self, src: str, dst: str) -> float:
         i, j = sorted((self.path.index(src), self.path.index(dst)))
@@ -545,13 +554,13 @@ class MediumServer:
             self.medium.add_hop(HopSpec(hop_id, path[index], path[index + 1], p, attempt_s, werner(fidelity)))
             sess.hops[index] = (hop_id, phys)
             self._hop_ids[hop_id] = (sid, index)
-        elif dataclasses.replace(have[1], link_id=phys.link_id) != phys:
+        elif have[1] != phys:
             raise ConfigError(
                 f"session {sid} hop {index}: elementary link {phys.link_id} as configured at {node} differs"
                 f" from its other end ({have[1]} vs {phys})"
             )
         sess.members.add(node)
-        return {"p": p, "attempt_s": attempt_s, "fidelity": fidelity}
+        return {"p": p, "attempt_s": attempt_s, "fidelity": fidelity, "run": sess.run}
 
     def _op_leave(self, node: str, req: dict[str, Any]) -> dict[str, Any]:
         sid = _str(req, "session")

@@ -33,7 +33,9 @@ memory for a local quantum program) and *measure directly* (each end measures it
 a basis the request fixes or draws at random, and gets the outcome, the basis and the pair's id). A qubit
 cannot travel over HTTPS, so this API is measure-directly only; a co-located quantum program would use
 the driver's Python queue. The same ids name a pair at both ends (the left end's label of the first
-hop, ``"<hop>-<sequence>"``), so the two applications match their outcomes by ``pair_ID``: one takes
+hop, ``"<run>-<hop>-<sequence>"``, where ``run`` is the session's run nonce at the medium, shared by the
+two ends and new each time the session starts there, so a recreated session never repeats an id), so the
+two applications match their outcomes by ``pair_ID``: one takes
 pairs by ``number`` and hands their ids to the other (over its own classical channel, as ETSI 014 SAEs
 hand over key_IDs), which measures ``pair_IDs``. Both may also take by ``number`` and intersect.
 
@@ -132,9 +134,10 @@ OUTCOME_TIMEOUT_S = 5.0
 SYNC_S = 0.1
 #: How many measured or released pair ids an end remembers (to refuse them with a 400).
 GONE_IDS = 1 << 16
-_PUMP_WAIT_S = 30.0
+#: How long the pump waits for a pair before it checks that its queue is still the session's.
+_PUMP_WAIT_S = 1.0
 
-_PAIR_ID = re.compile(r"(0|[1-9][0-9]{0,8})-(0|[1-9][0-9]{0,17})")
+_PAIR_ID = re.compile(r"(?:[0-9a-f]{19}-)?(0|[1-9][0-9]{0,8})-(0|[1-9][0-9]{0,17})")
 _MEASURE_FIELDS = ("number", "pair_IDs", "basis", "timeout_s")
 
 
@@ -156,7 +159,8 @@ class Pair(Protocol):
 
 
 class WaitingPairs(Protocol):
-    """A session's delivered pairs at this end (:class:`agent.drivers.entanglement_driver.PairQueue`)."""
+    """A session's delivered pairs at this end (:class:`agent.drivers.entanglement_driver.PairQueue`); its
+    ``run`` attribute, when it has one, is the session's run nonce (the first part of every pair id)."""
 
     async def get(self, timeout_s: float) -> Pair: ...
 
@@ -251,16 +255,19 @@ def parse_session_id(text: str) -> str:
     return str(value)
 
 
-def pair_id_text(label: tuple[int, int]) -> str:
-    """The wire form of a pair's id: ``"<hop>-<sequence>"``."""
-    return f"{label[0]}-{label[1]}"
+def pair_id_text(label: tuple[int, int], run: str = "") -> str:
+    """The wire form of a pair's id: ``"<run>-<hop>-<sequence>"`` (``"<hop>-<sequence>"`` without a run)."""
+    return f"{run}-{label[0]}-{label[1]}" if run else f"{label[0]}-{label[1]}"
 
 
 def pair_id_label(text: str) -> tuple[int, int]:
     """The pair id of a wire ``pair_ID``; a 400 for anything else."""
     m = _PAIR_ID.fullmatch(text)
     if m is None:
-        raise bad(f"pair_ID {text[:80]!r} is malformed: '<hop>-<sequence>' of decimal integers is expected")
+        raise bad(
+            f"pair_ID {text[:80]!r} is malformed: '<run>-<hop>-<sequence>' (a run of 19 hexadecimal digits,"
+            " decimal integers) is expected"
+        )
     return int(m.group(1)), int(m.group(2))
 
 
@@ -366,7 +373,7 @@ class _Pool:
     lost: int = 0
 
     def add(self, pair: Pair, loop_now: float) -> None:
-        pid = pair_id_text(pair.pair_id)
+        pid = pair_id_text(pair.pair_id, getattr(self.queue, "run", ""))
         if pid in self.held or pid in self.gone:  # the same label twice: not the same pair
             self._release(pair)
             self.lost += 1

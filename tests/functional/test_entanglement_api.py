@@ -51,6 +51,7 @@ OTHER_SESSION = "3e000000-0000-4000-8000-0000000000ff"
 
 LENGTH_KM, LOSS_DB, MODES, F0 = 50.0, 20.0, 10, 0.98
 COHERENCE_S = 1000.0
+END_MEMORIES = 16
 NODES = {"alice": NODE_A, "repeater": NODE_R, "bob": NODE_B}
 CLIENTS = {"alice": "app-a", "bob": "app-b"}
 BASE = "/api/v1/entanglement"
@@ -87,10 +88,12 @@ def node_xml(node: str) -> str:
     if node in (NODE_B, NODE_R):
         links.append(_link_xml(LINK_RB, NODE_R if node == NODE_B else NODE_B, STATION_2))
         sources.append(_source_xml(2))
+    # The ends may hold END_MEMORIES pairs each (an application takes up to 16 by number at A while B
+    # keeps them for the same ids); the repeater runs with one memory per side (its default).
     if node == NODE_A:
-        hops = f"<next_hop>{NODE_R}</next_hop>"
+        hops = f"<next_hop>{NODE_R}</next_hop><next_memories>{END_MEMORIES}</next_memories>"
     elif node == NODE_B:
-        hops = f"<prev_hop>{NODE_R}</prev_hop>"
+        hops = f"<prev_hop>{NODE_R}</prev_hop><prev_memories>{END_MEMORIES}</prev_memories>"
     else:
         hops = f"<prev_hop>{NODE_A}</prev_hop><next_hop>{NODE_B}</next_hop>"
     clients = {NODE_A: "<clients>app-a</clients>", NODE_B: "<clients>app-b</clients>"}.get(node, "")
@@ -99,7 +102,7 @@ def node_xml(node: str) -> str:
 <qkd_node xmlns="{NODE_NS}">
   <qkdn_id>{node}</qkdn_id>
   <entanglement xmlns="{ENT_NS}">
-    <memories><count>{8 if role == "repeater" else 16}</count>
+    <memories><count>{8 if role == "repeater" else END_MEMORIES}</count>
       <coherence_time_s>{COHERENCE_S}</coherence_time_s></memories>
     <sources>{"".join(sources)}</sources>
     {bsm if role == "repeater" else ""}
