@@ -11,13 +11,17 @@ entanglement-chain-*``) and, for key, in ETSI GS QKD 015:
     loss, the modes both ends can use, ``heralding barrett-kok`` (the planner's model) and the fresh pair
     fidelity;
   - one ``session`` on each end and each repeater, with one ``session_id``: ``role`` end or repeater, both
-    ends, the ordered ``path`` (ends and repeaters; stations belong to links), ``prev_hop``/``next_hop``,
-    the plan's swap order (``nested`` with every repeater's ``swap_round``: the repeater at position ``i``
-    of the chain swaps in round ``1 + v2(i)``, ``v2`` the number of trailing zero bits; a single link has
-    no swap and is written ``asap``), the end-to-end purification, a cut-off (the shortest coherence time
+    ends, the ordered ``path`` (ends and repeaters; stations belong to links), ``prev_hop``/``next_hop``
+    with ``prev_link_id``/``next_link_id`` (the session's own elementary link of that hop, the same id at
+    both of its ends) and ``prev_memories``/``next_memories`` (exactly the memories the plan reserves for
+    the session at that node: ``1 + rounds`` at an end, 1 per side at a repeater), the plan's swap
+    order (``nested`` with every repeater's ``swap_round``: the repeater at position ``i`` of the chain
+    swaps in round ``1 + v2(i)``, ``v2`` the number of trailing zero bits; a single link has no swap and
+    is written ``asap``), the end-to-end purification, a cut-off (the shortest coherence time
     of the segment's memories: a pair stored that long has lost ``1 - 1/e`` of its Werner parameter), the
-    target fidelity and pair rate, and the application: ``pairs`` for the entanglement service,
-    ``bbm92-key`` for key, where the two ends also carry ``key_qkdl_id``;
+    target fidelity and pair rate, and the application: ``pairs`` for the entanglement service, where
+    each end's ``clients`` names the application there (``src_sae`` at the source, ``dst_sae`` at the
+    destination, when given), or ``bbm92-key`` for key, where the two ends carry ``key_qkdl_id``;
 
 * for **key**, the relay layer is :func:`controller.provision.plan_session` over the key-holding nodes
   (the two ends and the trusted relays): a QKD segment is a hop over its span's PHYS link, exactly as for
@@ -40,7 +44,13 @@ node's configuration already carries ``memories`` the controller never touches t
 ``entanglement`` parameters: ``count``, ``coherence_time_s``), as node configuration that stays when the
 session goes, like a span's PHYS link. BSM stations get no configuration from a session (a station serves
 any link heralded through it and has no per-session state in the model). Which memories a session holds
-is the controller's bookkeeping (the plan's memory reservation, kept in its store), not node config.
+is the controller's bookkeeping (the plan's memory reservation, kept in its store), and each node's
+session says the same (``prev_memories``/``next_memories``): the node model refuses sessions that add
+up to more than ``memories/count``, and the driver uses no more than that.
+
+**Two sessions over one span** each get their own elementary links (ids derived from the session), named
+by both ends of every hop; they share the fibre, never an elementary link, so removing one session takes
+away only its own links.
 """
 
 from __future__ import annotations
@@ -96,7 +106,8 @@ class EntanglementSpec:
     Attributes:
         session_id: the controller's session id.
         service: ``entanglement`` (pairs to the ends) or ``key`` (BBM92 key and trusted relays).
-        src_sae, dst_sae: key: the ETSI 014 SAEs of the two ends.
+        src_sae, dst_sae: key: the ETSI 014 SAEs of the two ends; entanglement: the application at each
+            end that may take the pairs (its client-certificate CommonName, the end's ``clients``).
         rate_bps: key: the requested key rate.
         target_fidelity: the fidelity the pairs need (``None``: none asked; key needs more than 0.835).
         min_pair_rate_hz: entanglement: pairs per second needed (0: any).
@@ -258,6 +269,7 @@ def plan_entanglement_session(
             (m.coherence_s for n in chain if (m := topology.nodes[n].memory) is not None), default=math.inf
         )
         target_f, target_rate = _targets(spec, seg)
+        held = dict(seg.memories)
         for pos, n in enumerate(chain):
             end = pos in (0, len(chain) - 1)
             s = etree.Element(f"{{{ENT_NS}}}session")
@@ -267,10 +279,15 @@ def plan_entanglement_session(
             _e(s, "end_b_qkdn_id", chain[-1])
             for p in chain:
                 _e(s, "path", p)
+            sides = _sides(held.get(n, 1 + seg.rounds if end else 2), end)
             if pos > 0:
                 _e(s, "prev_hop", chain[pos - 1])
+                _e(s, "prev_link_id", elementary_link_id(sid, generation, index, pos - 1))
+                _e(s, "prev_memories", str(sides[0]))
             if pos < len(chain) - 1:
                 _e(s, "next_hop", chain[pos + 1])
+                _e(s, "next_link_id", elementary_link_id(sid, generation, index, pos))
+                _e(s, "next_memories", str(sides[-1]))
             _e(s, "swap_order", seg.swap_order if seg.swap_order != "none" else "asap")
             if rounds and not end:
                 _e(s, "swap_round", str(rounds[pos - 1]))
@@ -287,6 +304,10 @@ def plan_entanglement_session(
             _e(s, "application", "bbm92-key" if key else "pairs")
             if kl is not None and end:
                 _e(s, "key_qkdl_id", kl)
+            if not key and end:
+                client = spec.src_sae if n == plan.src else spec.dst_sae if n == plan.dst else ""
+                if client:
+                    _e(s, "clients", client)
             node(n).sessions.append(s)
             node(n).rm_sessions.append(ent_sid)
 
@@ -330,6 +351,14 @@ def plan_entanglement_session(
         owned_links=dict(relay.owned_links) if relay is not None else {},
         owned_apps=dict(relay.owned_apps) if relay is not None else {},
     )
+
+
+def _sides(held: int, end: bool) -> tuple[int, ...]:
+    """The memories a session holds at a node (its reservation), per hop there: all of them on an end's
+    one hop, half on each side of a repeater (the larger half on the next side)."""
+    if end:
+        return (max(1, held),)
+    return (max(1, held // 2), max(1, held - held // 2))
 
 
 def _targets(spec: EntanglementSpec, seg: Segment) -> tuple[float | None, float | None]:

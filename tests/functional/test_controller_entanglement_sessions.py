@@ -123,6 +123,8 @@ def entanglement_session(net: Net, sid: str, fidelity: str = "0.9") -> dict[str,
         "session_id": sid,
         "src_node": net.ids["A"],
         "dst_node": net.ids["B"],
+        "src_sae": "app-a",
+        "dst_sae": "app-b",
         "requested_rate_bps": "1",
         "service": "entanglement",
         "target_fidelity": fidelity,
@@ -184,6 +186,19 @@ async def test_key_session_over_a_repeater_chain_through_restconf(net: Net, tmp_
         a_links = texts(await node_config(net, "A"), "//e:elementary_link/e:link_id/text()")
         b_links = texts(await node_config(net, "B"), "//e:elementary_link/e:link_id/text()")
         assert sorted(texts(rep, "//e:elementary_link/e:link_id/text()")) == sorted(a_links + b_links)
+        # each session names its links at both ends of every hop, and the memories the controller
+        # reserved for it at each node (1 + rounds at an end, 1 per side at the repeater)
+        assert texts(rep, "//e:session/e:prev_link_id/text()") == a_links
+        assert texts(rep, "//e:session/e:next_link_id/text()") == b_links
+        assert texts(await node_config(net, "A"), "//e:session/e:next_link_id/text()") == a_links
+        assert texts(await node_config(net, "B"), "//e:session/e:prev_link_id/text()") == b_links
+        held = {m.node_id: m.memories for m in lab.ctl.memory_reservations()}
+        assert texts(rep, "//e:session/e:prev_memories/text()") == ["1"]
+        assert texts(rep, "//e:session/e:next_memories/text()") == ["1"]
+        assert held[r] == 2
+        for name, side in (("A", "next"), ("B", "prev")):
+            have = await node_config(net, name)
+            assert texts(have, f"//e:session/e:{side}_memories/text()") == [str(held[net.ids[name]])]
         # the state reports the plan and who could see the key
         link = next(x for x in (await lab.get(f"/data/{NET}"))[NET]["qkd_svc_link"] if x["session_id"] == sid)
         assert link["status"] == "active" and link["service"] == "key" and link["repeaters"] is True
@@ -224,6 +239,10 @@ async def test_memory_over_commit_is_refused_with_the_reason(net: Net, tmp_path:
             have = await node_config(net, n)
             assert texts(have, "//n:qkd_link | //n:qkd_app | //e:key_qkdl_id") == [], n
             assert texts(have, "//e:session/e:application/text()") == ["pairs"], n
+        # each end lists the application the request named there; the repeater none
+        assert texts(await node_config(net, "A"), "//e:session/e:clients/text()") == ["app-a"]
+        assert texts(await node_config(net, "B"), "//e:session/e:clients/text()") == ["app-b"]
+        assert texts(await node_config(net, "R"), "//e:session/e:clients/text()") == []
         # deleting the first frees R's memories: the second now fits
         status, _ = await lab.post(
             "/operations/qsdn-orchestrator:delete-session", {"qsdn-orchestrator:input": {"session_id": first}}
