@@ -62,16 +62,17 @@ Relaying over VIRT links
 ------------------------
 A CLIENT application backed by a VIRT link is served by trusted relay (:mod:`agent.kme.relay`): the
 master's node checks ``virt_bandwidth`` (a token bucket per VIRT link), draws a fresh random key and
-sends it hop by hop along ``virt_next_hop`` with ``relay`` ops, one-time-padded on each hop with that
-hop's PHYS link key, taken exactly once at both ends as for direct links (drawn by the sender when it is
-the hop's drawing end, else reserved at the receiver with a ``reserve`` op; a reserved pad is kept on
-disk, so it survives a restart, and erased and accounted as discarded if its relay op never comes).
-Each relay unpads, checks the end-to-end digest, repads and forwards, and answers only once the rest
-of the chain answered; the far node checks the end-to-end digest and keeps the keys under the same
-key_IDs. Relays are authorised by the VIRT link's ``virt_prev_hop`` *and* the INTERNAL applications
-the controller configures on every relay for each PHYS link of the path; the far end by its CLIENT
-application. Several ``virt_next_hop`` entries are a multicast branch (the 015 model's meaning) and
-are refused, never reduced to the first.
+sends it hop by hop along ``virt_next_hop`` with ``relay`` ops, one-time-padded on each hop with the key
+of that hop's direct link (a PHYS link, or the VIRT key link of a repeater segment whose BBM92 key fills
+it: :meth:`agent.kme.authz.Authorisation.hop_to`), taken exactly once at both ends as for direct links
+(drawn by the sender when it is the hop's drawing end, else reserved at the receiver with a ``reserve``
+op; a reserved pad is kept on disk, so it survives a restart, and erased and accounted as discarded if
+its relay op never comes). Each relay unpads, checks the end-to-end digest, repads and forwards, and
+answers only once the rest of the chain answered; the far node checks the end-to-end digest and keeps
+the keys under the same key_IDs. Relays are authorised by the VIRT link's ``virt_prev_hop`` *and* the
+INTERNAL applications the controller configures on every relay for each direct link (PHYS or key link)
+of the path; the far end by its CLIENT application. Several ``virt_next_hop`` entries are a multicast
+branch (the 015 model's meaning) and are refused, never reduced to the first.
 
 Any failure at any hop (a node down or hung, a refusal, a divergence of a hop's pads or of the relayed
 key) ends with every node of the path having recorded as discarded exactly the hop keys it took for the
