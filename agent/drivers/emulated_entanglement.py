@@ -693,15 +693,27 @@ class RepeaterNode(_NodeBase):
         return None
 
     def _try_swap(self) -> None:
-        waiting = self._waiting
+        left_queue, right_queue = self._waiting
+        lo, hi = self._targets
+        discarded = self._records._discarded
         while True:
-            # _ready of an empty side is None: skip the call.
-            left = self._ready(_LEFT) if waiting[_LEFT] else None
-            right = self._ready(_RIGHT) if waiting[_RIGHT] else None
+            # _ready of an empty side is None: skip the call; nor is it needed when the oldest qubit's
+            # pair is on the target hop already (its first check, spelt out).
+            left = right = None
+            if left_queue:
+                left = left_queue[0]
+                label = left.label
+                if label[0] != lo or label in discarded:
+                    left = self._ready(_LEFT)
+            if right_queue:
+                right = right_queue[0]
+                label = right.label
+                if label[0] != hi or label in discarded:
+                    right = self._ready(_RIGHT)
             if left is None or right is None:
                 return
-            waiting[_LEFT].remove(left)
-            waiting[_RIGHT].remove(right)
+            left_queue.remove(left)
+            right_queue.remove(right)
             if left.cutoff is not None:
                 left.cutoff.cancel()
             if right.cutoff is not None:
