@@ -739,7 +739,8 @@ class RepeaterNode(_NodeBase):
         stats.swaps += 1
         if not ok:
             stats.swap_failures += 1
-        logger.debug("repeater %s: swapped %s with %s ok=%s", self.name, left_label, right_label, ok)
+        if logger.isEnabledFor(logging.DEBUG):  # logger.debug's own check, one call fewer per swap
+            logger.debug("repeater %s: swapped %s with %s ok=%s", self.name, left_label, right_label, ok)
         outcome = _new_swap_outcome(self.name, left_label, right_label, ok, result.bits)
         if self._multicast is not None:  # _announce, spelt out
             self._multicast(self.name, self._audience, outcome)
@@ -758,7 +759,16 @@ class RepeaterNode(_NodeBase):
         left, right = self._waiting
         if left or right:
             self._discard_waiting()
-        _NodeBase._new_round(self, round_no)
+        # _NodeBase._new_round, spelt out (one call fewer per repeater and round)
+        self._round = round_no
+        made = self._made_this_round
+        made[_LEFT] = made[_RIGHT] = False
+        offering = self._offering
+        request_pair = self._port.request_pair
+        for side, free, hop in self._side_slots:
+            if free and not offering[side]:
+                request_pair(hop, free.pop())
+                offering[side] = True
 
     def _discard_waiting(self) -> None:
         """Discard (and announce) every qubit a round left waiting."""
@@ -800,18 +810,20 @@ class DeliveredPair:
         node._consume_then(self.slot, basis, done)
 
     def release(self) -> None:
-        node = self._take()
-        node._consume_then(self.slot, None, _ignore)
+        # _take and _consume_then(slot, None, ...), spelt out: this runs for every delivered pair
+        node = self._node
+        if node is None:
+            raise DriverError(f"pair {self.pair_id} already measured or released")
+        self._node = None
+        slot = self.slot
+        node._port.discard(slot)
+        node._release(node._side, slot)
 
     def _take(self) -> EndNode:
         if self._node is None:
             raise DriverError(f"pair {self.pair_id} already measured or released")
         node, self._node = self._node, None
         return node
-
-
-def _ignore(_: int) -> None:
-    pass
 
 
 @dataclass(slots=True)

@@ -278,9 +278,9 @@ class EntanglementChain:
     # -- applications (the harness sees both ends: it is the experimenter, not a node) -----------------
 
     def _record(self, pair: DeliveredPair) -> None:
-        state = self.medium.pair_state(pair.node, pair.slot)
-        if state is not None:
-            self._fidelities.append(state.fidelity)
+        fidelity = self.medium.pair_fidelity(pair.node, pair.slot)
+        if fidelity is not None:
+            self._fidelities.append(fidelity)
             self._times.append(self.clock.now())
 
     def _raw_pair(self, pair: DeliveredPair) -> None:

@@ -817,6 +817,15 @@ class QuantumMedium:
         self._touch_pair(q, self._now())
         return BellState.trusted(q.p)
 
+    def pair_fidelity(self, node: str, slot: int) -> float | None:
+        """``pair_state(node, slot).fidelity`` without the :class:`BellState` (None: no pair there)."""
+        mem = self._mems.get(node)
+        q = mem.qubits.get(slot) if mem is not None else None
+        if type(q) is not _Pair:
+            return None
+        self._touch_pair(q, self._now())
+        return q.p[0]
+
     def port(self, node: str) -> NodePort:
         """The operations of one node's hardware (what its controller is given)."""
         if node not in self._mems:
