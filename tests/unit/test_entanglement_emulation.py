@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import logging
 import math
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from agent.drivers.bbm92 import Bbm92Config, Bbm92Endpoint, binary_reconcile, toeplitz_extract
-from agent.drivers.clock import VirtualClock
+from agent.drivers.clock import AsyncioClock, VirtualClock, later_scheduler
 from agent.drivers.emulated_entanglement import (
     DeliveredPair,
     Discarded,
@@ -48,6 +49,51 @@ def test_virtual_clock_orders_simultaneous_events_by_scheduling_order() -> None:
     assert cancelled.cancelled()
 
 
+def test_virtual_clock_handles_are_heap_entries_that_cancel() -> None:
+    clock = VirtualClock()
+    seen: list[str] = []
+    kept = clock.call_at(1.0, lambda: seen.append("kept"))
+    dropped = clock.call_later(1.0, lambda: seen.append("dropped"))
+    assert not kept.cancelled() and not dropped.cancelled()
+    assert clock.pending() == 2
+    dropped.cancel()
+    dropped.cancel()  # idempotent
+    assert dropped.cancelled() and not kept.cancelled()
+    assert clock.pending() == 1
+    clock.run()
+    assert seen == ["kept"]
+    assert clock.events_run == 1  # a cancelled entry is skipped, not run
+    kept.cancel()  # after it ran: no effect on what happened
+    assert seen == ["kept"] and clock.pending() == 0
+
+
+def test_schedule_later_keeps_the_scheduling_order_with_call_later() -> None:
+    clock = VirtualClock(start_s=2.0)
+    seen: list[tuple[float, str]] = []
+    later = later_scheduler(clock)
+    assert later == clock.schedule_later  # the handle-less form of a virtual clock
+    clock.call_later(0.5, lambda: seen.append((clock.now(), "call_later")))
+    later(0.5, lambda: seen.append((clock.now(), "schedule_later")))
+    clock.schedule_later(0.0, lambda: seen.append((clock.now(), "now")))
+    clock.call_at(2.5, lambda: seen.append((clock.now(), "call_at")))
+    clock.run_until(3.0)
+    assert seen == [(2.0, "now"), (2.5, "call_later"), (2.5, "schedule_later"), (2.5, "call_at")]
+    assert clock.events_run == 4 and clock.now() == 3.0
+
+
+def test_later_scheduler_wraps_call_later_of_any_other_clock() -> None:
+    loop = asyncio.new_event_loop()
+    try:
+        clock = AsyncioClock(loop)
+        seen: list[str] = []
+        later = later_scheduler(clock)
+        assert later(0.0, lambda: seen.append("ran")) is None  # no handle
+        loop.run_until_complete(asyncio.sleep(0.01))
+        assert seen == ["ran"]
+    finally:
+        loop.close()
+
+
 # -- medium --------------------------------------------------------------------------------------------
 
 
@@ -76,6 +122,43 @@ def _pair(clock: VirtualClock, medium: QuantumMedium, heralds: list[Herald], cor
     if correct:
         medium.apply_pauli("b", 0, heralds[1].frame)
     return heralds[1].frame
+
+
+def test_attach_hop_takes_the_hop_before_the_node_handler() -> None:
+    clock = VirtualClock()
+    medium = QuantumMedium(
+        clock,
+        5,
+        {"a": MemorySpec(), "b": MemorySpec(), "c": MemorySpec()},
+        [HopSpec(0, "a", "b", 1.0, 1e-4, werner(1.0)), HopSpec(1, "b", "c", 1.0, 1e-4, werner(1.0))],
+    )
+    by_node: list[Herald] = []
+    by_hop: list[tuple[tuple[int, int], int, int, int]] = []
+    medium.attach("b", by_node.append)
+    medium.attach_hop(
+        "b", 1, lambda label, slot, partner_slot, frame: by_hop.append((label, slot, partner_slot, frame))
+    )
+    for hop, (left, right) in enumerate((("a", "b"), ("b", "c"))):
+        medium.request_pair(hop, left, 7)
+        medium.request_pair(hop, right, 3 + hop)
+    clock.run()
+    # hop 0 still goes to b's node handler, hop 1 to its hop handler (fields only, no Herald)
+    assert [(h.hop, h.slot, h.partner_node, h.partner_slot) for h in by_node] == [(0, 3, "a", 7)]
+    assert len(by_hop) == 1
+    label, slot, partner_slot, frame = by_hop[0]
+    assert label[0] == 1 and (slot, partner_slot) == (7, 4) and frame in (2, 3)
+    assert medium.node_slots("b") == [3, 7]
+    # detach drops both; heralds of a detached node are dropped, the pair is still made
+    medium.detach("b")
+    medium.discard("b", 7)
+    medium.discard("c", 4)
+    medium.request_pair(1, "b", 7)
+    medium.request_pair(1, "c", 4)
+    clock.run()
+    assert len(by_hop) == 1 and len(by_node) == 1
+    assert medium.pair_state("b", 7) is not None
+    assert medium.pair_fidelity("b", 7) == pytest.approx(1.0)
+    assert medium.pair_fidelity("b", 9) is None
 
 
 def test_medium_correlates_equal_bases_and_not_different_ones() -> None:
