@@ -834,32 +834,6 @@ def _qsdn_argv() -> list[str]:
     return [sys.executable, "-m", "qsdn.cli", "--log-level", "info"]
 
 
-MEDIUM_UNAVAILABLE = "medium service not available"
-
-
-def medium_unavailable_reason() -> str | None:
-    """Why this qsdn cannot run the entanglement medium service, or None when ``qsdn medium run`` exists.
-
-    Asks the command itself (``qsdn medium run --help``), the way the lab will start it.
-    """
-    try:
-        proc = subprocess.run(
-            [sys.executable, "-m", "qsdn.cli", "medium", "run", "--help"],
-            stdin=subprocess.DEVNULL,
-            capture_output=True,
-            timeout=60,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"{MEDIUM_UNAVAILABLE}: `qsdn medium run --help` failed: {exc}"
-    if proc.returncode != 0 or b"--listen" not in proc.stdout:
-        return (
-            f"{MEDIUM_UNAVAILABLE}: this qsdn has no `qsdn medium run --listen HOST:PORT` command, which "
-            "a lab with repeaters or BSM stations needs (the entanglement emulator's medium service)"
-        )
-    return None
-
-
 def entanglement_unsupported_reason(topo: LabTopology, mode: str) -> str | None:
     """Why ``up`` cannot run this topology's entanglement hardware in ``mode`` (None: it can)."""
     if not topo.needs_medium:
@@ -872,7 +846,7 @@ def entanglement_unsupported_reason(topo: LabTopology, mode: str) -> str | None:
             "cannot share one medium service, and the KMEs at the two ends of a repeater segment are "
             "not adjacent; use --mode processes"
         )
-    return medium_unavailable_reason()
+    return None
 
 
 async def _start_medium(lab_dir: Path, lab: dict[str, Any], progress: UpProgress) -> None:
@@ -1025,7 +999,7 @@ async def up(
         raise QsdnError(f"unknown lab mode {mode!r} (processes or netns)")
     if mode == "netns" and (reason := await asyncio.to_thread(netns.unavailable_reason)):
         raise QsdnError(f"--mode netns: {reason}")
-    if reason := await asyncio.to_thread(entanglement_unsupported_reason, topo, mode):
+    if reason := entanglement_unsupported_reason(topo, mode):
         raise QsdnError(f"lab {topo.name}: {reason}")
     lab_dir = await asyncio.to_thread(_prepare_dir, lab_dir)
     progress.start("configuration", 1)

@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 
-from qsdn.lab import launcher
 from qsdn.lab.topology import load_topology
 from tests.system.test_lab import alive, down_and_check, lab, network, sessions_by_name
 
@@ -25,13 +24,6 @@ ROOT = Path(__file__).resolve().parents[2]
 CHAIN = ROOT / "examples" / "labs" / "repeater-chain.yaml"
 #: How long to keep asking for key while the chain's first BBM92 blocks are produced (a poll, not a check).
 KEY_WAIT_S = 120.0
-
-
-@pytest.fixture(scope="module")
-def medium_available() -> None:
-    reason = launcher.medium_unavailable_reason()
-    if reason is not None:
-        pytest.skip(reason)
 
 
 def _keys(lab_dir: Path, session: str) -> subprocess.CompletedProcess[str]:
@@ -44,15 +36,6 @@ def _keys(lab_dir: Path, session: str) -> subprocess.CompletedProcess[str]:
         time.sleep(2.0)
 
 
-def test_up_without_the_medium_says_so(tmp_path: Path) -> None:
-    """Whatever the state of the medium service, `up` never starts an entanglement lab without it."""
-    if launcher.medium_unavailable_reason() is None:
-        pytest.skip("the medium service exists: the end-to-end test below covers up")
-    r = lab("up", str(CHAIN), "--dir", str(tmp_path / "lab"), "--detach")
-    assert r.returncode == 1 and "medium service not available" in r.stderr, r.stdout + r.stderr
-
-
-@pytest.mark.usefixtures("medium_available")
 def test_repeater_chain_lab_delivers_key(tmp_path: Path) -> None:
     lab_dir = tmp_path / "lab"
     r = lab("up", str(CHAIN), "--dir", str(lab_dir), "--detach", "--seed", "11", timeout_s=180)
@@ -90,7 +73,6 @@ def test_repeater_chain_lab_delivers_key(tmp_path: Path) -> None:
 MIXED = ROOT / "examples" / "labs" / "mixed.yaml"
 
 
-@pytest.mark.usefixtures("medium_available")
 def test_mixed_lab_delivers_key_over_relays_repeaters_and_both(tmp_path: Path) -> None:
     """examples/labs/mixed.yaml: one session over the trusted relay (QKD), one over the repeater
     segment (BBM92), one mixed (QKD to the trusted node ams, then the repeater segment), keys for each."""

@@ -811,15 +811,3 @@ def test_netns_entanglement_labs_are_refused_with_a_reason() -> None:
     assert reason is not None and "--mode netns does not run entanglement labs yet" in reason
     assert "st-ar" in reason and "rep" in reason
     assert entanglement_unsupported_reason(load_topology(EXAMPLES / "chain3.yaml"), "netns") is None
-
-
-def test_the_medium_check_names_the_missing_service(monkeypatch: pytest.MonkeyPatch) -> None:
-    from qsdn.lab import launcher
-
-    class Done:
-        returncode = 2
-        stdout = b""
-
-    monkeypatch.setattr("subprocess.run", lambda *a, **k: Done())
-    reason = launcher.medium_unavailable_reason()
-    assert reason is not None and reason.startswith("medium service not available")
