@@ -92,7 +92,7 @@ from typing import Literal
 import networkx as nx
 
 from controller.model import MemoryParams, Node, Reservation, StationParams, Topology
-from controller.pathcomp import PathRejectedError, classify_span
+from controller.pathcomp import PathRejectedError, check_ends, check_k, classify_span, invalid_request
 from qsdn.physics.entanglement import (
     BellState,
     attempt_time_s,
@@ -150,15 +150,6 @@ _PURIFY: dict[str, Callable[[BellState, BellState], tuple[float, BellState]]] = 
 }
 
 
-def _invalid(message: str, field_name: str, **info: str) -> PathRejectedError:
-    return PathRejectedError(
-        message,
-        tag="invalid-value",
-        path=field_name,
-        info={"constraint": "request", "field": field_name, **info},
-    )
-
-
 def _fmt(x: float, digits: int = 3) -> str:
     if math.isinf(x):
         return "inf"
@@ -184,7 +175,7 @@ class MemoryReservation:
 
     def __post_init__(self) -> None:
         if isinstance(self.memories, bool) or not isinstance(self.memories, int) or self.memories < 0:
-            raise _invalid(
+            raise invalid_request(
                 f"reservation of session {self.session_id} on node {self.node_id}: memories must be an "
                 f"integer >= 0, got {self.memories!r}",
                 "memories",
@@ -222,29 +213,27 @@ class EntanglementRequest:
     avoid: frozenset[str] = frozenset()
 
     def __post_init__(self) -> None:
-        for name in ("src", "dst"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                raise _invalid(f"{name} must be a node id, got {value!r}", name)
-        if self.src == self.dst:
-            raise _invalid(f"src and dst are the same node {self.src}", "dst", node=self.dst)
+        check_ends(self.src, self.dst)
         if self.service not in ("entanglement", "key"):
-            raise _invalid(f"service must be 'entanglement' or 'key', got {self.service!r}", "service")
+            raise invalid_request(f"service must be 'entanglement' or 'key', got {self.service!r}", "service")
         f = self.target_fidelity
         if f is not None and (isinstance(f, bool) or not isinstance(f, int | float) or not 0.25 <= f <= 1.0):
-            raise _invalid(f"target_fidelity must be within [0.25, 1], got {f!r}", "target_fidelity")
+            raise invalid_request(f"target_fidelity must be within [0.25, 1], got {f!r}", "target_fidelity")
         for name in ("min_pair_rate_hz", "min_key_rate_bps"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int | float) or not (math.isfinite(v) and v >= 0):
-                raise _invalid(f"{name} must be a finite number >= 0, got {v!r}", name)
+                raise invalid_request(f"{name} must be a finite number >= 0, got {v!r}", name)
         m = self.max_trusted_nodes
         if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 0):
-            raise _invalid(f"max_trusted_nodes must be an integer >= 0, got {m!r}", "max_trusted_nodes")
+            raise invalid_request(
+                f"max_trusted_nodes must be an integer >= 0, got {m!r}", "max_trusted_nodes"
+            )
         r = self.max_rounds
         if isinstance(r, bool) or not isinstance(r, int) or not 0 <= r <= MAX_ROUNDS:
-            raise _invalid(f"max_rounds must be an integer in [0, {MAX_ROUNDS}], got {r!r}", "max_rounds")
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or not 1 <= self.k <= MAX_K:
-            raise _invalid(f"k must be an integer in [1, {MAX_K}], got {self.k!r}", "k")
+            raise invalid_request(
+                f"max_rounds must be an integer in [0, {MAX_ROUNDS}], got {r!r}", "max_rounds"
+            )
+        check_k(self.k, MAX_K)
         object.__setattr__(self, "avoid", frozenset(self.avoid))
 
 
@@ -596,12 +585,12 @@ class _Computation:
         for name in ("src", "dst"):
             nid = getattr(request, name)
             if nid not in nodes:
-                raise _invalid(f"{name} is unknown node {nid!r}", name, node=nid)
+                raise invalid_request(f"{name} is unknown node {nid!r}", name, node=nid)
             if nid in request.avoid:
-                raise _invalid(f"{name} {self.label(nid)} is also in avoid", "avoid", node=nid)
+                raise invalid_request(f"{name} {self.label(nid)} is also in avoid", "avoid", node=nid)
         for nid in sorted(request.avoid):
             if nid not in nodes:
-                raise _invalid(f"avoid names unknown node {nid!r}", "avoid", node=nid)
+                raise invalid_request(f"avoid names unknown node {nid!r}", "avoid", node=nid)
         held: dict[str, int] = {}
         for r in memory_reservations:
             held[r.node_id] = held.get(r.node_id, 0) + r.memories
@@ -886,7 +875,7 @@ class _Computation:
         req, topo = self.request, self.topology
         for end in (req.src, req.dst):
             if self.node(end).role not in ("endpoint", "relay"):
-                raise _invalid(
+                raise invalid_request(
                     f"key ends must hold key (an endpoint or a relay); {self.label(end)} is a "
                     f"{self.node(end).role}",
                     "src" if end == req.src else "dst",

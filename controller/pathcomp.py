@@ -98,8 +98,11 @@ __all__ = [
     "PathRejectedError",
     "PathRequest",
     "SpanAssessment",
+    "check_ends",
+    "check_k",
     "classify_span",
     "compute_paths",
+    "invalid_request",
 ]
 
 #: Numerator of the per-hop penalty ``ceil(PENALTY_SCALE_BPS / max(available_bps, 1))``.
@@ -195,13 +198,29 @@ class PathRejectedError(QsdnError):
         return self.first.info.get("constraint", "")
 
 
-def _invalid(message: str, field_name: str, **info: str) -> PathRejectedError:
+def invalid_request(message: str, field_name: str, **info: str) -> PathRejectedError:
+    """The error for a request field ``field_name`` that breaks a rule (``invalid-value``)."""
     return PathRejectedError(
         message,
         tag="invalid-value",
         path=field_name,
         info={"constraint": "request", "field": field_name, **info},
     )
+
+
+def check_ends(src: object, dst: object) -> None:
+    """Reject a request whose ``src`` or ``dst`` is not a node id, or whose ends are the same node."""
+    for name, value in (("src", src), ("dst", dst)):
+        if not isinstance(value, str) or not value:
+            raise invalid_request(f"{name} must be a node id, got {value!r}", name)
+    if src == dst:
+        raise invalid_request(f"src and dst are the same node {src}", "dst", node=str(dst))
+
+
+def check_k(k: object, most: int) -> None:
+    """Reject a number of candidate paths ``k`` that is not an integer in [1, ``most``]."""
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= most:
+        raise invalid_request(f"k must be an integer in [1, {most}], got {k!r}", "k")
 
 
 @dataclass(frozen=True, slots=True)
@@ -228,25 +247,19 @@ class PathRequest:
     trusted: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
-        for name in ("src", "dst"):
-            value = getattr(self, name)
-            if not isinstance(value, str) or not value:
-                raise _invalid(f"{name} must be a node id, got {value!r}", name)
-        if self.src == self.dst:
-            raise _invalid(f"src and dst are the same node {self.src}", "dst", node=self.dst)
+        check_ends(self.src, self.dst)
         rate = self.rate_bps
         if (
             isinstance(rate, bool)
             or not isinstance(rate, int | float)
             or not (math.isfinite(rate) and rate > 0)
         ):
-            raise _invalid(f"rate_bps must be a finite number > 0, got {rate!r}", "rate_bps")
+            raise invalid_request(f"rate_bps must be a finite number > 0, got {rate!r}", "rate_bps")
         if self.max_hops is not None and (
             isinstance(self.max_hops, bool) or not isinstance(self.max_hops, int) or self.max_hops < 1
         ):
-            raise _invalid(f"max_hops must be an integer >= 1, got {self.max_hops!r}", "max_hops")
-        if isinstance(self.k, bool) or not isinstance(self.k, int) or not 1 <= self.k <= MAX_K:
-            raise _invalid(f"k must be an integer in [1, {MAX_K}], got {self.k!r}", "k")
+            raise invalid_request(f"max_hops must be an integer >= 1, got {self.max_hops!r}", "max_hops")
+        check_k(self.k, MAX_K)
         object.__setattr__(self, "avoid", frozenset(self.avoid))
         if self.trusted is not None:
             object.__setattr__(self, "trusted", frozenset(self.trusted))
@@ -639,15 +652,17 @@ class _Search:
         for name in ("src", "dst"):
             nid = getattr(request, name)
             if nid not in topo.nodes:
-                raise _invalid(f"{name} is unknown node {nid!r}", name, node=nid)
+                raise invalid_request(f"{name} is unknown node {nid!r}", name, node=nid)
         for name, group in (("avoid", request.avoid), ("trusted", request.trusted or frozenset())):
             for nid in sorted(group):
                 if nid not in topo.nodes:
-                    raise _invalid(f"{name} names unknown node {nid!r}", name, node=nid)
+                    raise invalid_request(f"{name} names unknown node {nid!r}", name, node=nid)
         for name in ("src", "dst"):
             nid = getattr(request, name)
             if nid in request.avoid:
-                raise _invalid(f"{name} {topo.node_label(nid)} ({nid}) is also in avoid", "avoid", node=nid)
+                raise invalid_request(
+                    f"{name} {topo.node_label(nid)} ({nid}) is also in avoid", "avoid", node=nid
+                )
         self.src = index.pos[request.src]
         self.dst = index.pos[request.dst]
         self.rate = float(request.rate_bps)

@@ -783,6 +783,20 @@ class Controller:
             what = f"span {', '.join(spans)}" if len(spans) == 1 else f"spans {', '.join(spans)}"
             await self._reroute(s, ",".join(spans), what, started)
 
+    def _move_edits(self, old: SessionPlan, new: SessionPlan) -> dict[str, str]:
+        """One edit per node moving a session from ``old`` to ``new``: the old removals (on nodes that
+        are still reachable) combined with the new edits, by node id."""
+        edits: dict[str, str] = {}
+        for n in sorted(set(old.removals) | set(new.edits)):
+            parts = []
+            if n in old.removals and self.nodes[n].reachable:
+                parts.append(old.removals[n])
+            if n in new.edits:
+                parts.append(new.edits[n])
+            if parts:
+                edits[n] = combine(*parts)
+        return edits
+
     async def _move_planned(self, s: SessionRecord) -> None:
         """Move an entanglement or mixed key session to a new plan in one transaction: generation *n*
         removed, *n + 1* created (new derived ids), its memories and key rates moved with it."""
@@ -795,16 +809,7 @@ class Controller:
         moved = replace(s, history=list(s.history), generation=s.generation + 1)
         _adopt(moved, plan)
         new = self._entanglement_plan(moved)
-        edits: dict[str, str] = {}
-        for n in sorted(set(old.removals) | set(new.edits)):
-            parts = []
-            if n in old.removals and self.nodes[n].reachable:
-                parts.append(old.removals[n])
-            if n in new.edits:
-                parts.append(new.edits[n])
-            if parts:
-                edits[n] = combine(*parts)
-        await self._apply(edits)
+        await self._apply(self._move_edits(old, new))
         await self._activate(new)
         _adopt(s, plan)
         s.generation = moved.generation
@@ -820,16 +825,7 @@ class Controller:
         comp = self.compute_key(s, excluding=s.session_id)
         new_path, new_spans = tuple(comp.best.nodes), tuple(comp.best.spans)
         new = self._plan(s, new_path, new_spans, s.generation + 1)
-        edits: dict[str, str] = {}
-        for n in sorted(set(old.removals) | set(new.edits)):
-            parts = []
-            if n in old.removals and self.nodes[n].reachable:
-                parts.append(old.removals[n])
-            if n in new.edits:
-                parts.append(new.edits[n])
-            if parts:
-                edits[n] = combine(*parts)
-        await self._apply(edits)
+        await self._apply(self._move_edits(old, new))
         await self._activate(new)
         s.path, s.spans, s.generation = new_path, new_spans, s.generation + 1
         s.backup_path = tuple(comp.backup.nodes) if comp.backup is not None else ()
