@@ -315,6 +315,15 @@ def _rate_default(args: argparse.Namespace) -> argparse.Namespace:
     return args
 
 
+def _add_target_args(parser: Any) -> None:
+    """The targets ``--service`` plans for: pair fidelity, pair rate, most trusted relays."""
+    parser.add_argument("--fidelity", type=float, help="with --service: target fidelity of the pairs")
+    parser.add_argument("--pair-rate", type=float, help="with --service entanglement: pairs/s needed")
+    parser.add_argument(
+        "--max-trusted", type=int, help="with --service key: most trusted relays (0: repeaters only)"
+    )
+
+
 def register(sub: Any) -> None:
     sess = sub.add_parser("session", help="key sessions on a controller").add_subparsers(
         dest="action", required=True
@@ -329,11 +338,7 @@ def register(sub: Any) -> None:
         help="plan with the entanglement planner: entangled pairs between the two nodes, or key over "
         "trusted relays and quantum repeaters; without it, a trusted-relay key session",
     )
-    c.add_argument("--fidelity", type=float, help="with --service: target fidelity of the pairs")
-    c.add_argument("--pair-rate", type=float, help="with --service entanglement: pairs/s needed")
-    c.add_argument(
-        "--max-trusted", type=int, help="with --service key: most trusted relays (0: repeaters only)"
-    )
+    _add_target_args(c)
     c.add_argument("--rounds", type=int, help="with --service: most purification rounds (default 3)")
     c.add_argument("--src-sae")
     c.add_argument("--dst-sae")
@@ -364,11 +369,7 @@ def register(sub: Any) -> None:
         help="plan entanglement, or key over trusted relays and quantum repeaters "
         "(compute-entanglement-path); without it, the trusted-relay paths of compute-path",
     )
-    pc.add_argument("--fidelity", type=float, help="with --service: target fidelity of the pairs")
-    pc.add_argument("--pair-rate", type=float, help="with --service entanglement: pairs/s needed")
-    pc.add_argument(
-        "--max-trusted", type=int, help="with --service key: most trusted relays (0: repeaters only)"
-    )
+    _add_target_args(pc)
     pc.add_argument("--rounds", type=int, default=3, help="with --service: most purification rounds")
     pc.add_argument("--avoid", action="append", help="with --service: node to avoid (repeatable)")
     add_connection_args(pc)
