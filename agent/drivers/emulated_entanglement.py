@@ -62,8 +62,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from agent.drivers.clock import Clock, TimerHandle, later_scheduler
-from agent.drivers.quantum_medium import Basis, BsmResult, HardwarePort, Herald, PurificationProtocol
+from agent.drivers.clock import Clock, TimerHandle, VirtualClock, later_scheduler
+from agent.drivers.quantum_medium import (
+    Basis,
+    BsmResult,
+    HardwarePort,
+    Herald,
+    NodePort,
+    PurificationProtocol,
+)
 from qsdn.errors import ConfigError, DriverError
 from qsdn.physics.entanglement import FIBRE_LIGHT_SPEED_M_S
 
@@ -415,6 +422,10 @@ class RoundSync:
     def __init__(self, clock: Clock, repeaters: int) -> None:
         self._clock = clock
         self._later = later_scheduler(clock)
+        # The next round is a zero-delay event: VirtualClock.schedule_soon keeps it out of the heap.
+        self._soon: Callable[[Callable[[], None]], None] = (
+            clock.schedule_soon if isinstance(clock, VirtualClock) else functools.partial(self._later, 0.0)
+        )
         self._expected = repeaters
         self._ok: set[str] = set()
         self._ending = False
@@ -431,7 +442,7 @@ class RoundSync:
             self._ok.add(node)
         if not ok or len(self._ok) >= self._expected:
             self._ending = True
-            self._later(0.0, self._next)
+            self._soon(self._next)
 
     def _next(self) -> None:
         self.round += 1
@@ -449,6 +460,10 @@ class _Held:
     label: Label
     slot: int
     cutoff: TimerHandle | None = None
+
+
+def _no_offer(slot: int) -> None:
+    raise AssertionError("a side without a hop offers nothing")
 
 
 # A node's sides, as list indices: per-side state is kept in two-element lists.
@@ -492,8 +507,16 @@ class _NodeBase:
             self._free[side] = list(range(slot + memories - 1, slot - 1, -1))
             slot += memories
         self._slots_total = slot
-        # Per side with a hop: (side, its free slots, its hop), for _new_round.
-        self._side_slots = tuple((side, self._free[side], self._hop_of[side]) for side in self._sides)
+        # Per side: request_pair bound to its hop (in-process hardware binds it to the heralding station's
+        # side: no lookup of the station per offer; a remote port has no such path).
+        self._offer_to: list[Callable[[int], None]] = [_no_offer, _no_offer]
+        for side in self._sides:
+            hop = self._hop_of[side]
+            self._offer_to[side] = (
+                port.offerer(hop) if isinstance(port, NodePort) else functools.partial(port.request_pair, hop)
+            )
+        # Per side with a hop: (side, its free slots, its offer), for _new_round.
+        self._side_slots = tuple((side, self._free[side], self._offer_to[side]) for side in self._sides)
         self._made_this_round = [False, False]
         # Per side: whether a slot is offered to the hop (what port.generating(hop) would answer: the
         # offer ends with the hop's herald, and only this engine offers this node's slots).
@@ -517,7 +540,7 @@ class _NodeBase:
         free = self._free[side]
         if not free or (self._by_rounds and self._made_this_round[side]) or self._offering[side]:
             return
-        self._port.request_pair(self._hop_of[side], free.pop())
+        self._offer_to[side](free.pop())
         self._offering[side] = True
 
     def _release(self, side: int, slot: int) -> None:
@@ -525,7 +548,7 @@ class _NodeBase:
         free.append(slot)
         # _request(side), spelt out
         if not (self._by_rounds and self._made_this_round[side]) and not self._offering[side]:
-            self._port.request_pair(self._hop_of[side], free.pop())
+            self._offer_to[side](free.pop())
             self._offering[side] = True
 
     def _new_round(self, round_no: int) -> None:
@@ -533,9 +556,9 @@ class _NodeBase:
         made = self._made_this_round
         made[_LEFT] = made[_RIGHT] = False
         offering = self._offering
-        for side, free, hop in self._side_slots:  # _request(side), which nothing made this round can stop
+        for side, free, offer in self._side_slots:  # _request(side), which nothing made this round can stop
             if free and not offering[side]:
-                self._port.request_pair(hop, free.pop())
+                offer(free.pop())
                 offering[side] = True
 
     def on_herald(self, herald: Herald) -> None:
@@ -764,10 +787,9 @@ class RepeaterNode(_NodeBase):
         made = self._made_this_round
         made[_LEFT] = made[_RIGHT] = False
         offering = self._offering
-        request_pair = self._port.request_pair
-        for side, free, hop in self._side_slots:
+        for side, free, offer in self._side_slots:
             if free and not offering[side]:
-                request_pair(hop, free.pop())
+                offer(free.pop())
                 offering[side] = True
 
     def _discard_waiting(self) -> None:

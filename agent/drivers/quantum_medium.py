@@ -292,6 +292,7 @@ class _Station:
         "left_cb",
         "left_mem",
         "left_slot",
+        "live",
         "log_fail",
         "p",
         "right",
@@ -317,6 +318,7 @@ class _Station:
         self.state_p = spec.state.p
         self.timer: TimerHandle | None = None
         self.seq = 0
+        self.live = True  # False once removed (a bound offerer then goes through the hop's number)
         self.fire: Callable[[], None] = _ignore
         # Each end's herald handler for this hop, resolved when handlers are attached (None: dropped).
         self.left_cb: SideHandler | None = None
@@ -430,8 +432,10 @@ class QuantumMedium:
     def remove_hop(self, hop: int) -> None:
         """Stop a heralding station: attempts in progress end without a herald, offered slots stay free."""
         st = self._stations.pop(hop, None)
-        if st is not None and st.timer is not None:
-            st.timer.cancel()
+        if st is not None:
+            st.live = False
+            if st.timer is not None:
+                st.timer.cancel()
 
     def withdraw(self, hop: int, node: str) -> None:
         """Take back the slot ``node`` offered to ``hop`` (no effect if it offered none)."""
@@ -499,6 +503,49 @@ class QuantumMedium:
             raise DriverError(f"node {node} is not an end of hop {hop}")
         if st.timer is None:
             # sample_geometric, spelt out (log1p(-p) computed once per station: the same number)
+            attempts = 1 if st.p >= 1.0 else 1 + int(math.log1p(-self._rng.random()) / st.log_fail)
+            st.timer = self._clock.call_later(attempts * st.attempt_s, st.fire)
+
+    def offerer(self, node: str, hop: int) -> Callable[[int], None]:
+        """``functools.partial(request_pair, hop, node=node)``, in effect: ``node`` offers a slot to ``hop``.
+
+        Bound to the station's side once (no lookup of the station or the node per offer) while the
+        station stands; a station removed (or not yet added) is looked up by its number per offer.
+        """
+        st = self._stations.get(hop)
+        if st is None:
+            return functools.partial(self._offer, node, hop)
+        if node == st.left:
+            return functools.partial(self._offer_left, st)
+        if node == st.right:
+            return functools.partial(self._offer_right, st)
+        raise DriverError(f"node {node} is not an end of hop {hop}")
+
+    def _offer_left(self, st: _Station, slot: int) -> None:
+        """:meth:`_offer` from the left end of ``st`` (the same checks, the same draw)."""
+        if not st.live:
+            self._offer(st.left, st.hop, slot)
+            return
+        if st.left_slot is not None:
+            raise DriverError(f"node {st.left} already offered a slot to hop {st.hop}")
+        if slot in st.left_mem.qubits:
+            raise DriverError(f"node {st.left}: slot {slot} is not free")
+        st.left_slot = slot
+        if st.right_slot is not None and st.timer is None:
+            attempts = 1 if st.p >= 1.0 else 1 + int(math.log1p(-self._rng.random()) / st.log_fail)
+            st.timer = self._clock.call_later(attempts * st.attempt_s, st.fire)
+
+    def _offer_right(self, st: _Station, slot: int) -> None:
+        """:meth:`_offer` from the right end of ``st`` (the same checks, the same draw)."""
+        if not st.live:
+            self._offer(st.right, st.hop, slot)
+            return
+        if st.right_slot is not None:
+            raise DriverError(f"node {st.right} already offered a slot to hop {st.hop}")
+        if slot in st.right_mem.qubits:
+            raise DriverError(f"node {st.right}: slot {slot} is not free")
+        st.right_slot = slot
+        if st.left_slot is not None and st.timer is None:
             attempts = 1 if st.p >= 1.0 else 1 + int(math.log1p(-self._rng.random()) / st.log_fail)
             st.timer = self._clock.call_later(attempts * st.attempt_s, st.fire)
 
@@ -908,6 +955,10 @@ class NodePort:
         self._purify_local: Callable[[int, int, PurificationProtocol], int] = functools.partial(
             medium._purify_local, mem
         )
+
+    def offerer(self, hop: int) -> Callable[[int], None]:
+        """``request_pair`` bound to ``hop``: offers a slot (see :meth:`QuantumMedium.offerer`)."""
+        return self._medium.offerer(self.node, hop)
 
     def bell_measure(self, slot1: int, slot2: int) -> BsmResult:
         return self._bell_measure(slot1, slot2)

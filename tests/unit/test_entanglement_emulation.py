@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from agent.drivers import quantum_medium
 from agent.drivers.bbm92 import Bbm92Config, Bbm92Endpoint, binary_reconcile, toeplitz_extract
 from agent.drivers.clock import AsyncioClock, VirtualClock, later_scheduler
 from agent.drivers.emulated_entanglement import (
@@ -27,6 +28,7 @@ from agent.drivers.emulated_entanglement import (
 from agent.drivers.entanglement_chain import ChainScenario, EntanglementChain, HopParams, predict, run
 from agent.drivers.quantum_medium import Basis, Herald, HopSpec, MemorySpec, QuantumMedium
 from agent.keystore import KeyStore
+from qsdn.errors import DriverError
 from qsdn.physics.entanglement import werner
 
 # -- clock ---------------------------------------------------------------------------------------------
@@ -79,6 +81,86 @@ def test_schedule_later_keeps_the_scheduling_order_with_call_later() -> None:
     clock.run_until(3.0)
     assert seen == [(2.0, "now"), (2.5, "call_later"), (2.5, "schedule_later"), (2.5, "call_at")]
     assert clock.events_run == 4 and clock.now() == 3.0
+
+
+def test_schedule_soon_runs_like_a_zero_delay_event() -> None:
+    clock = VirtualClock()
+    seen: list[str] = []
+
+    def first() -> None:
+        seen.append("first")
+        clock.schedule_soon(lambda: seen.append("soon after first"))  # next: nothing older is due now
+
+    def second() -> None:
+        seen.append("second")
+        clock.schedule_later(0.0, lambda: seen.append("older zero-delay"))
+        clock.schedule_soon(lambda: (seen.append("soon after second"), clock.schedule_soon(chained)))
+
+    def chained() -> None:
+        seen.append("chained")
+
+    def third() -> None:
+        seen.append("third")
+        clock.schedule_soon(lambda: seen.append("soon 1"))
+        clock.schedule_soon(lambda: seen.append("soon 2"))  # the first joins the heap, order kept
+        clock.schedule_later(0.0, lambda: seen.append("newer zero-delay"))
+
+    clock.call_at(1.0, first)
+    clock.call_at(2.0, second)
+    clock.call_at(2.0, lambda: seen.append("due with second"))  # older than second's soon event
+    clock.call_at(3.0, third)
+    clock.schedule_soon(lambda: seen.append("outside a run"))  # not running: an ordinary event at 0
+    clock.run_until(4.0)
+    assert seen == [
+        "outside a run",
+        "first",
+        "soon after first",
+        "second",
+        "due with second",
+        "older zero-delay",
+        "soon after second",
+        "chained",
+        "third",
+        "soon 1",
+        "soon 2",
+        "newer zero-delay",
+    ]
+    assert clock.events_run == 12 and clock.pending() == 0
+
+
+def test_a_bound_offerer_is_request_pair() -> None:
+    clock = VirtualClock()
+    specs = {"a": MemorySpec(), "b": MemorySpec()}
+    medium = QuantumMedium(clock, 3, specs, [HopSpec(0, "a", "b", 0.5, 1e-4, werner(1.0))])
+    heralds: list[Herald] = []
+    medium.attach("a", heralds.append)
+    offer_a, offer_b = medium.port("a").offerer(0), medium.port("b").offerer(0)
+    offer_a(1)
+    with pytest.raises(DriverError):
+        offer_a(2)  # one offer per end
+    assert medium.generating(0, "a") and not medium.generating(0, "b")
+    offer_b(4)
+    clock.run()
+    assert [(h.slot, h.partner_slot) for h in heralds] == [(1, 4)]
+    with pytest.raises(DriverError):
+        offer_b(4)  # not free
+    with pytest.raises(DriverError):
+        medium.offerer("c", 0)  # not an end of the hop
+    # A removed station: the offerer goes through the hop's number (to a station added again, or none).
+    medium.remove_hop(0)
+    with pytest.raises(DriverError):
+        offer_a(2)
+    medium.add_hop(HopSpec(0, "a", "b", 1.0, 1e-4, werner(1.0)))
+    offer_a(2)
+    offer_b(5)
+    clock.run()
+    assert [(h.slot, h.partner_slot) for h in heralds][-1] == (2, 5)
+    # An offerer bound before its station exists looks the hop up per offer.
+    medium.add_node("c", MemorySpec())
+    offer_c = medium.offerer("c", 1)
+    medium.add_hop(HopSpec(1, "b", "c", 1.0, 1e-4, werner(1.0)))
+    offer_c(0)
+    assert medium.generating(1, "c")
 
 
 def test_later_scheduler_wraps_call_later_of_any_other_clock() -> None:
@@ -399,8 +481,9 @@ def test_a_repeater_never_holds_end_to_end_key_material(caplog: pytest.LogCaptur
     # Messages reaching the repeater: heralds come from its own hardware; the rest are BSM outcomes.
     assert delivered and all(isinstance(m, SwapOutcome | Discarded) for m in delivered)
     # Everything the repeater's engine can reach, stopping at the shared world (clock, medium, channel,
-    # slot controller), which is not the node's software.
-    boundary = (VirtualClock, QuantumMedium, VirtualChannel, RoundSync)
+    # slot controller; a heralding station, which an in-process port binds its offers to), which is not
+    # the node's software.
+    boundary = (VirtualClock, QuantumMedium, quantum_medium._Station, VirtualChannel, RoundSync)
     objects = _reachable(repeater, boundary)
     assert len(objects) > 20  # the walk did reach the engine's state (records, slots, timers)
     forbidden = (EndNode, Bbm92Endpoint, DeliveredPair)
