@@ -41,11 +41,21 @@ from qsdn.netconf.client import NetconfClient, NetconfRpcError
 from qsdn.ports import free_port
 from qsdn.yang import SchemaContext
 from tests.functional.agents import NODE_NS, TYPES_NS, node_config, wait_until
+from tests.functional.entangled import (
+    BSM_STATION,
+    ENT_NS,
+    Hop,
+    delete_session_xml,
+    elementary_link_xml,
+    netconf_client,
+    running_agents,
+    running_medium,
+    source_xml,
+)
 from tests.functional.test_kme import Pki, pki  # noqa: F401 - the module's PKI fixture
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-ENT_NS = "urn:qsdn:yang:qsdn-entanglement"
 NODE_A = "0e000000-0000-4000-8000-00000000000a"
 NODE_B = "0e000000-0000-4000-8000-00000000000b"
 NODE_R = "0e000000-0000-4000-8000-00000000000c"
@@ -59,6 +69,7 @@ APP = "4e000000-0000-4000-8000-0000000000a1"
 
 #: Each hop: 50 km through a midpoint station, 20 dB, 10 modes, F0 = 0.98 (Barrett-Kok heralding).
 LENGTH_KM, LOSS_DB, MODES, F0 = 50.0, 20.0, 10, 0.98
+HOP = Hop(LENGTH_KM, LOSS_DB, MODES, F0)
 COHERENCE_S = 10.0
 SCENARIO = ChainScenario(
     hops=(HopParams(LENGTH_KM, extra_loss_db=LOSS_DB - 0.2 * LENGTH_KM),) * 2,
@@ -70,37 +81,20 @@ TARGET_FIDELITY = 0.9
 TARGET_RATE = 5.0
 
 
-def _link_xml(link_id: str, remote: str, station: str) -> str:
-    return f"""
-      <elementary_link>
-        <link_id>{link_id}</link_id>
-        <remote_qkdn_id>{remote}</remote_qkdn_id>
-        <station_qkdn_id>{station}</station_qkdn_id>
-        <source_id>{1 if link_id == LINK_AR else 2}</source_id>
-        <length_km>{LENGTH_KM}</length_km>
-        <loss_db>{LOSS_DB}</loss_db>
-        <modes>{MODES}</modes>
-        <heralding>barrett-kok</heralding>
-        <initial_fidelity>{F0}</initial_fidelity>
-      </elementary_link>"""
-
-
-def _source_xml(source_id: int) -> str:
-    return f"""
-      <source><source_id>{source_id}</source_id><kind>barrett-kok</kind><modes>{MODES}</modes>
-        <initial_fidelity>{F0}</initial_fidelity></source>"""
-
-
 def node_xml(node: str) -> str:
     """The consistent A - R - B configuration of ``node`` (as the controller would push it)."""
     role = "repeater" if node == NODE_R else "end"
     links, sources, hops = [], [], ""
     if node in (NODE_A, NODE_R):
-        links.append(_link_xml(LINK_AR, NODE_R if node == NODE_A else NODE_A, STATION_1))
-        sources.append(_source_xml(1))
+        links.append(
+            elementary_link_xml(LINK_AR, NODE_R if node == NODE_A else NODE_A, STATION_1, HOP, source_id=1)
+        )
+        sources.append(source_xml(1, HOP))
     if node in (NODE_B, NODE_R):
-        links.append(_link_xml(LINK_RB, NODE_R if node == NODE_B else NODE_B, STATION_2))
-        sources.append(_source_xml(2))
+        links.append(
+            elementary_link_xml(LINK_RB, NODE_R if node == NODE_B else NODE_B, STATION_2, HOP, source_id=2)
+        )
+        sources.append(source_xml(2, HOP))
     if node == NODE_A:
         hops = f"<next_hop>{NODE_R}</next_hop>"
     elif node == NODE_B:
@@ -108,7 +102,6 @@ def node_xml(node: str) -> str:
     else:
         hops = f"<prev_hop>{NODE_A}</prev_hop><next_hop>{NODE_B}</next_hop>"
     key = f"<key_qkdl_id>{KEY_LINK}</key_qkdl_id>" if role == "end" else ""
-    bsm = "<bsm_station><swap_success_probability>1</swap_success_probability></bsm_station>"
     qkd = ""
     if role == "end":
         other = NODE_B if node == NODE_A else NODE_A
@@ -140,7 +133,7 @@ def node_xml(node: str) -> str:
     <memories><count>{8 if role == "repeater" else 4}</count>
       <coherence_time_s>{COHERENCE_S}</coherence_time_s></memories>
     <sources>{"".join(sources)}</sources>
-    {bsm if role == "repeater" else ""}
+    {BSM_STATION if role == "repeater" else ""}
     <elementary_links>{"".join(links)}</elementary_links>
     <sessions>
       <session>
@@ -160,12 +153,7 @@ def node_xml(node: str) -> str:
 </qkd_node>"""
 
 
-DELETE_SESSION = f"""
-<qkd_node xmlns="{NODE_NS}" xmlns:nc="urn:ietf:params:xml:ns:netconf:base:1.0">
-  <entanglement xmlns="{ENT_NS}"><sessions>
-    <session nc:operation="delete"><session_id>{SESSION}</session_id></session>
-  </sessions></entanglement>
-</qkd_node>"""
+DELETE_SESSION = delete_session_xml(SESSION)
 
 
 @dataclass
@@ -177,9 +165,7 @@ class Chain:
     http: dict[str, aiohttp.ClientSession] = field(default_factory=dict)
 
     def client(self, name: str) -> NetconfClient:
-        agent = self.agents[name]
-        assert agent.port is not None
-        return NetconfClient("127.0.0.1", agent.port, "admin", password="qsdn-test-pw", known_hosts=None)
+        return netconf_client(self.agents[name])
 
     def keystore(self, name: str) -> KeyStore:
         return self.agents[name].keystore
@@ -222,27 +208,20 @@ async def chain(
     schema: SchemaContext,
 ) -> AsyncIterator[Chain]:
     tmp = tmp_path_factory.mktemp("chain")
-    medium = MediumServer(seed=7)
-    await medium.start()
-    kme_ports = {"alice": free_port(), "bob": free_port()}
-    cfgs = {
-        "alice": _cfg(tmp, "alice", NODE_A, medium.port, pki, kme_ports),
-        "repeater": _cfg(tmp, "repeater", NODE_R, medium.port, None, kme_ports),
-        "bob": _cfg(tmp, "bob", NODE_B, medium.port, pki, kme_ports),
-    }
-    ch = Chain(medium, {}, cfgs, pki)
-    try:
-        for name, cfg in cfgs.items():
-            agent = build_agent(parse_config(cfg, source=f"{name}.yaml"), schema)
-            await agent.start()
-            ch.agents[name] = agent
-        yield ch
-    finally:
-        for s in ch.http.values():
-            await s.close()
-        for agent in ch.agents.values():
-            await agent.stop()
-        await medium.stop()
+    async with running_medium(seed=7) as medium:
+        kme_ports = {"alice": free_port(), "bob": free_port()}
+        cfgs = {
+            "alice": _cfg(tmp, "alice", NODE_A, medium.port, pki, kme_ports),
+            "repeater": _cfg(tmp, "repeater", NODE_R, medium.port, None, kme_ports),
+            "bob": _cfg(tmp, "bob", NODE_B, medium.port, pki, kme_ports),
+        }
+        ch = Chain(medium, {}, cfgs, pki)
+        async with running_agents(cfgs, schema, ch.agents):
+            try:
+                yield ch
+            finally:
+                for s in ch.http.values():
+                    await s.close()
 
 
 def _leaf(data: etree._Element, path: str) -> str | None:
@@ -458,10 +437,7 @@ async def test_unreachable_medium_refuses_the_configuration_and_keeps_running(
     agent = build_agent(parse_config(cfg, source="lonely.yaml"), schema)
     await agent.start()
     try:
-        assert agent.port is not None
-        async with NetconfClient(
-            "127.0.0.1", agent.port, "admin", password="qsdn-test-pw", known_hosts=None
-        ) as c:
+        async with netconf_client(agent) as c:
             before = await c.get_config()
             with pytest.raises(NetconfRpcError) as err:
                 await c.edit_config(node_xml(NODE_A))

@@ -26,19 +26,29 @@ import aiohttp
 import pytest
 import pytest_asyncio
 
-from agent.config import parse_config
 from agent.drivers.medium_service import MediumServer
 from agent.kme.entanglement_api import HOLD_S
-from agent.server import NetconfAgent, build_agent
-from qsdn.netconf.client import NetconfClient
-from qsdn.pki import Issued, client_context, create_ca, issue, write_pem
+from agent.server import NetconfAgent
+from qsdn.pki import Issued, client_context, issue
 from qsdn.ports import free_port
 from qsdn.yang import SchemaContext
 from tests.functional.agents import NODE_NS, node_config, wait_until
+from tests.functional.entangled import (
+    BSM_STATION,
+    ENT_NS,
+    Hop,
+    delete_session_xml,
+    elementary_link_xml,
+    kme_tls,
+    netconf_client,
+    node_pki,
+    running_agents,
+    running_medium,
+    source_xml,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-ENT_NS = "urn:qsdn:yang:qsdn-entanglement"
 NODE_A = "0e000000-0000-4000-8000-00000000000a"
 NODE_B = "0e000000-0000-4000-8000-00000000000b"
 NODE_R = "0e000000-0000-4000-8000-00000000000c"
@@ -49,7 +59,7 @@ LINK_RB = "1e000000-0000-4000-8000-000000000002"
 SESSION = "3e000000-0000-4000-8000-000000000007"
 OTHER_SESSION = "3e000000-0000-4000-8000-0000000000ff"
 
-LENGTH_KM, LOSS_DB, MODES, F0 = 50.0, 20.0, 10, 0.98
+HOP = Hop(length_km=50.0, loss_db=20.0, modes=10, f0=0.98)
 COHERENCE_S = 1000.0
 END_MEMORIES = 16
 NODES = {"alice": NODE_A, "repeater": NODE_R, "bob": NODE_B}
@@ -57,37 +67,20 @@ CLIENTS = {"alice": "app-a", "bob": "app-b"}
 BASE = "/api/v1/entanglement"
 
 
-def _link_xml(link_id: str, remote: str, station: str) -> str:
-    return f"""
-      <elementary_link>
-        <link_id>{link_id}</link_id>
-        <remote_qkdn_id>{remote}</remote_qkdn_id>
-        <station_qkdn_id>{station}</station_qkdn_id>
-        <source_id>{1 if link_id == LINK_AR else 2}</source_id>
-        <length_km>{LENGTH_KM}</length_km>
-        <loss_db>{LOSS_DB}</loss_db>
-        <modes>{MODES}</modes>
-        <heralding>barrett-kok</heralding>
-        <initial_fidelity>{F0}</initial_fidelity>
-      </elementary_link>"""
-
-
-def _source_xml(source_id: int) -> str:
-    return f"""
-      <source><source_id>{source_id}</source_id><kind>barrett-kok</kind><modes>{MODES}</modes>
-        <initial_fidelity>{F0}</initial_fidelity></source>"""
-
-
 def node_xml(node: str) -> str:
     """The A - R - B ``pairs`` session as the controller would push it to ``node``."""
     role = "repeater" if node == NODE_R else "end"
     links, sources = [], []
     if node in (NODE_A, NODE_R):
-        links.append(_link_xml(LINK_AR, NODE_R if node == NODE_A else NODE_A, STATION_1))
-        sources.append(_source_xml(1))
+        links.append(
+            elementary_link_xml(LINK_AR, NODE_R if node == NODE_A else NODE_A, STATION_1, HOP, source_id=1)
+        )
+        sources.append(source_xml(1, HOP))
     if node in (NODE_B, NODE_R):
-        links.append(_link_xml(LINK_RB, NODE_R if node == NODE_B else NODE_B, STATION_2))
-        sources.append(_source_xml(2))
+        links.append(
+            elementary_link_xml(LINK_RB, NODE_R if node == NODE_B else NODE_B, STATION_2, HOP, source_id=2)
+        )
+        sources.append(source_xml(2, HOP))
     # The ends may hold END_MEMORIES pairs each (an application takes up to 16 by number at A while B
     # keeps them for the same ids); the repeater runs with one memory per side (its default).
     if node == NODE_A:
@@ -97,7 +90,6 @@ def node_xml(node: str) -> str:
     else:
         hops = f"<prev_hop>{NODE_A}</prev_hop><next_hop>{NODE_B}</next_hop>"
     clients = {NODE_A: "<clients>app-a</clients>", NODE_B: "<clients>app-b</clients>"}.get(node, "")
-    bsm = "<bsm_station><swap_success_probability>1</swap_success_probability></bsm_station>"
     return f"""
 <qkd_node xmlns="{NODE_NS}">
   <qkdn_id>{node}</qkdn_id>
@@ -105,7 +97,7 @@ def node_xml(node: str) -> str:
     <memories><count>{8 if role == "repeater" else END_MEMORIES}</count>
       <coherence_time_s>{COHERENCE_S}</coherence_time_s></memories>
     <sources>{"".join(sources)}</sources>
-    {bsm if role == "repeater" else ""}
+    {BSM_STATION if role == "repeater" else ""}
     <elementary_links>{"".join(links)}</elementary_links>
     <sessions>
       <session>
@@ -165,47 +157,25 @@ class Chain:
 async def chain(tmp_path_factory: pytest.TempPathFactory, schema: SchemaContext) -> AsyncIterator[Chain]:
     tmp = tmp_path_factory.mktemp("pairs-chain")
     root = tmp / "pki"
-    root.mkdir()
-    ca = create_ca("qsdn pairs test CA")
-    write_pem(ca, root / "ca.crt", root / "ca.key")
-    for name in NODES:
-        leaf = issue(ca, name, server=True, client=True, ips=["127.0.0.1"], dns=["localhost"])
-        write_pem(leaf, root / f"{name}.crt", root / f"{name}.key")
+    ca = node_pki(root, "qsdn pairs test CA", NODES)
     certs = {app: issue(ca, app, client=True) for app in ("app-a", "app-b", "app-evil")}
-    medium = MediumServer(seed=11)
-    await medium.start()
-    cfgs: dict[str, dict[str, Any]] = {}
-    for name, node_id in NODES.items():
-        cfg = node_config(tmp, name, node_id=node_id)
-        cfg["entanglement"] = {"medium": {"port": medium.port}, "timeout_s": 2.0}
-        cfg["kme"] = {
-            "port": free_port(),
-            "cert": str(root / f"{name}.crt"),
-            "key": str(root / f"{name}.key"),
-            "ca": str(root / "ca.crt"),
-            "peer_timeout_s": 2.0,
-        }
-        cfgs[name] = cfg
-    ch = Chain(medium, {}, cfgs, certs, ca)
-    try:
-        for name, cfg in cfgs.items():
-            agent = build_agent(parse_config(cfg, source=f"{name}.yaml"), schema)
-            await agent.start()
-            ch.agents[name] = agent
-        for name in ("repeater", "bob", "alice"):
-            agent = ch.agents[name]
-            assert agent.port is not None
-            async with NetconfClient(
-                "127.0.0.1", agent.port, "admin", password="qsdn-test-pw", known_hosts=None
-            ) as c:
-                assert (await c.edit_config(node_xml(NODES[name]))).ok
-        yield ch
-    finally:
-        for s in ch.http.values():
-            await s.close()
-        for agent in ch.agents.values():
-            await agent.stop()
-        await medium.stop()
+    async with running_medium(seed=11) as medium:
+        cfgs: dict[str, dict[str, Any]] = {}
+        for name, node_id in NODES.items():
+            cfg = node_config(tmp, name, node_id=node_id)
+            cfg["entanglement"] = {"medium": {"port": medium.port}, "timeout_s": 2.0}
+            cfg["kme"] = {"port": free_port(), **kme_tls(root, name), "peer_timeout_s": 2.0}
+            cfgs[name] = cfg
+        ch = Chain(medium, {}, cfgs, certs, ca)
+        async with running_agents(cfgs, schema, ch.agents):
+            try:
+                for name in ("repeater", "bob", "alice"):
+                    async with netconf_client(ch.agents[name]) as c:
+                        assert (await c.edit_config(node_xml(NODES[name]))).ok
+                yield ch
+            finally:
+                for s in ch.http.values():
+                    await s.close()
 
 
 async def _delivering(chain: Chain) -> None:
@@ -385,17 +355,8 @@ async def test_pairs_nobody_measures_are_released_and_counted_lost(
 
 async def test_removing_the_session_ends_the_api_there(chain: Chain) -> None:
     for name in ("alice", "repeater", "bob"):
-        agent = chain.agents[name]
-        assert agent.port is not None
-        async with NetconfClient(
-            "127.0.0.1", agent.port, "admin", password="qsdn-test-pw", known_hosts=None
-        ) as c:
-            await c.edit_config(
-                f"""<qkd_node xmlns="{NODE_NS}" xmlns:nc="urn:ietf:params:xml:ns:netconf:base:1.0">
-  <entanglement xmlns="{ENT_NS}"><sessions>
-    <session nc:operation="delete"><session_id>{SESSION}</session_id></session>
-  </sessions></entanglement></qkd_node>"""
-            )
+        async with netconf_client(chain.agents[name]) as c:
+            await c.edit_config(delete_session_xml(SESSION))
     code, body = await chain.get("alice", "app-a", f"{BASE}/sessions")
     assert code == 404, body
     api = chain.agents["alice"].kme.pairs if chain.agents["alice"].kme is not None else None

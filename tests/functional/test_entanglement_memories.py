@@ -22,18 +22,26 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from agent.config import parse_config
 from agent.drivers.entanglement_driver import EmulatedEntanglementDriver, PairQueue
 from agent.drivers.medium_service import MediumServer
-from agent.server import NetconfAgent, build_agent
+from agent.server import NetconfAgent
 from qsdn.errors import DriverError
 from qsdn.netconf.client import NetconfClient, NetconfRpcError
 from qsdn.yang import SchemaContext
 from tests.functional.agents import NODE_NS, node_config, wait_until
+from tests.functional.entangled import (
+    BSM_STATION,
+    ENT_NS,
+    Hop,
+    delete_session_xml,
+    elementary_link_xml,
+    netconf_client,
+    running_agents,
+    running_medium,
+)
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
 
-ENT_NS = "urn:qsdn:yang:qsdn-entanglement"
 NODE_A = "0e000000-0000-4000-8000-00000000001a"
 NODE_B = "0e000000-0000-4000-8000-00000000001b"
 NODE_R = "0e000000-0000-4000-8000-00000000001c"
@@ -57,21 +65,7 @@ SESSIONS = {
 FIRST, SECOND, THIRD = SESSIONS
 #: memories: exactly what two sessions use with the model's defaults
 COUNT = {NODE_A: 2, NODE_R: 4, NODE_B: 2}
-LENGTH_KM, LOSS_DB, MODES, F0 = 50.0, 20.0, 10, 0.98
-
-
-def _link(link_id: str, remote: str, station: str) -> str:
-    return f"""
-      <elementary_link>
-        <link_id>{link_id}</link_id>
-        <remote_qkdn_id>{remote}</remote_qkdn_id>
-        <station_qkdn_id>{station}</station_qkdn_id>
-        <length_km>{LENGTH_KM}</length_km>
-        <loss_db>{LOSS_DB}</loss_db>
-        <modes>{MODES}</modes>
-        <heralding>barrett-kok</heralding>
-        <initial_fidelity>{F0}</initial_fidelity>
-      </elementary_link>"""
+HOP = Hop(length_km=50.0, loss_db=20.0, modes=10, f0=0.98)
 
 
 def _session(node: str, sid: str) -> tuple[str, str]:
@@ -79,9 +73,9 @@ def _session(node: str, sid: str) -> tuple[str, str]:
     ar, rb = SESSIONS[sid]
     links, hops = [], ""
     if node in (NODE_A, NODE_R):
-        links.append(_link(ar, NODE_R if node == NODE_A else NODE_A, STATION_1))
+        links.append(elementary_link_xml(ar, NODE_R if node == NODE_A else NODE_A, STATION_1, HOP))
     if node in (NODE_B, NODE_R):
-        links.append(_link(rb, NODE_R if node == NODE_B else NODE_B, STATION_2))
+        links.append(elementary_link_xml(rb, NODE_R if node == NODE_B else NODE_B, STATION_2, HOP))
     if node == NODE_A:
         hops = f"<next_hop>{NODE_R}</next_hop><next_link_id>{ar}</next_link_id>"
     elif node == NODE_B:
@@ -106,11 +100,7 @@ def _session(node: str, sid: str) -> tuple[str, str]:
 
 def node_xml(node: str, *sids: str) -> str:
     parts = [_session(node, sid) for sid in sids]
-    bsm = (
-        "<bsm_station><swap_success_probability>1</swap_success_probability></bsm_station>"
-        if node == NODE_R
-        else ""
-    )
+    bsm = BSM_STATION if node == NODE_R else ""
     return f"""
 <qkd_node xmlns="{NODE_NS}">
   <qkdn_id>{node}</qkdn_id>
@@ -123,15 +113,6 @@ def node_xml(node: str, *sids: str) -> str:
 </qkd_node>"""
 
 
-def delete_xml(sid: str) -> str:
-    return f"""
-<qkd_node xmlns="{NODE_NS}" xmlns:nc="urn:ietf:params:xml:ns:netconf:base:1.0">
-  <entanglement xmlns="{ENT_NS}"><sessions>
-    <session nc:operation="delete"><session_id>{sid}</session_id></session>
-  </sessions></entanglement>
-</qkd_node>"""
-
-
 NODES = {"alice": NODE_A, "repeater": NODE_R, "bob": NODE_B}
 
 
@@ -141,9 +122,7 @@ class Chain:
         self.agents: dict[str, NetconfAgent] = {}
 
     def client(self, name: str) -> NetconfClient:
-        port = self.agents[name].port
-        assert port is not None
-        return NetconfClient("127.0.0.1", port, "admin", password="qsdn-test-pw", known_hosts=None)
+        return netconf_client(self.agents[name])
 
     def driver(self, name: str) -> EmulatedEntanglementDriver:
         driver = self.agents[name].entanglement
@@ -173,21 +152,14 @@ class Chain:
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def chain(tmp_path_factory: pytest.TempPathFactory, schema: SchemaContext) -> AsyncIterator[Chain]:
     tmp = tmp_path_factory.mktemp("memories")
-    medium = MediumServer(seed=11)
-    await medium.start()
-    ch = Chain(medium)
-    try:
+    async with running_medium(seed=11) as medium:
+        ch = Chain(medium)
+        cfgs: dict[str, dict[str, Any]] = {}
         for name, node_id in NODES.items():
-            cfg: dict[str, Any] = node_config(tmp, name, node_id=node_id)
-            cfg["entanglement"] = {"medium": {"port": medium.port}, "timeout_s": 2.0}
-            agent = build_agent(parse_config(cfg, source=f"{name}.yaml"), schema)
-            await agent.start()
-            ch.agents[name] = agent
-        yield ch
-    finally:
-        for agent in ch.agents.values():
-            await agent.stop()
-        await medium.stop()
+            cfgs[name] = node_config(tmp, name, node_id=node_id)
+            cfgs[name]["entanglement"] = {"medium": {"port": medium.port}, "timeout_s": 2.0}
+        async with running_agents(cfgs, schema, ch.agents):
+            yield ch
 
 
 async def test_two_sessions_over_one_segment_both_deliver(chain: Chain) -> None:
@@ -228,7 +200,7 @@ async def test_a_recreated_session_gives_new_pair_ids(chain: Chain) -> None:
     run_before, before = await chain.pair_ids(FIRST, 3)
     assert len(run_before) == 19 and len(set(before)) == 3
     for name in NODES:
-        await chain.edit(name, delete_xml(FIRST))
+        await chain.edit(name, delete_session_xml(FIRST))
     for name, node in NODES.items():
         await chain.edit(name, node_xml(node, FIRST, SECOND))
     await wait_until(lambda: FIRST in chain.driver("alice")._runs, timeout_s=10)

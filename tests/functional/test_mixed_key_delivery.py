@@ -30,10 +30,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from agent.drivers.medium_service import MediumServer
-from qsdn.pki import Issued, client_context, create_ca, issue, write_pem
+from qsdn.pki import Issued, client_context, issue
 from qsdn.ports import free_port
 from tests.functional.agents import AgentFactory, wait_until
+from tests.functional.entangled import kme_tls, node_pki, running_medium
 from tests.functional.labnet import Net
 from tests.functional.test_controller_entanglement_admission import MEMORY, key, seed
 from tests.functional.test_controller_entanglement_sessions import NET, node_config, running_lab, texts
@@ -78,20 +78,14 @@ def kme_bits(net: Net, node: str, qkdl_id: str) -> collections.Counter[str]:
 
 def configure(net: Net, tmp: Path, medium_port: int) -> Issued:
     """KMEs on A, T and B (peers along the key path: A - T, T - B), entanglement drivers on T, R, B."""
-    ca = create_ca("qsdn mixed test CA")
     pki = tmp / "pki"
-    pki.mkdir()
-    write_pem(ca, pki / "ca.crt", pki / "ca.key")
+    ca = node_pki(pki, "qsdn mixed test CA", KME_NODES)
     ports = {n: free_port() for n in KME_NODES}
     for n in KME_NODES:
-        leaf = issue(ca, n, server=True, client=True, ips=["127.0.0.1"], dns=["localhost"])
-        write_pem(leaf, pki / f"{n}.crt", pki / f"{n}.key")
         net.configs[n]["kme"] = {
             "port": ports[n],
             "kme_id": n,
-            "cert": str(pki / f"{n}.crt"),
-            "key": str(pki / f"{n}.key"),
-            "ca": str(pki / "ca.crt"),
+            **kme_tls(pki, n),
             "min_key_size": 64,
             "peer_timeout_s": 3.0,
             "peers": {net.ids[m]: {"url": f"https://127.0.0.1:{ports[m]}", "kme_id": m} for m in PEERS[n]},
@@ -109,88 +103,86 @@ async def test_key_over_a_qkd_hop_and_a_repeater_segment(
     start_agent: AgentFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    medium = MediumServer(seed=5)
-    await medium.start()
-    net = Net(
-        tmp_path,
-        ["A", "T", "R", "B"],
-        [("a-t", "A", "T", 10.0), ("t-r", "T", "R", 40.0), ("r-b", "R", "B", 40.0)],
-    )
-    saes = Saes(configure(net, tmp_path, medium.port), net)
-    try:
-        await net.start(start_agent)
-        seed(
-            net,
-            tmp_path / "ctl.sqlite",
-            {
-                "T": ("relay", True, MEMORY),
-                "R": ("repeater", False, {"memories": 2, "coherence_time_s": 10.0}),
-                "B": ("endpoint", True, MEMORY),
-            },
+    async with running_medium(seed=5) as medium:
+        net = Net(
+            tmp_path,
+            ["A", "T", "R", "B"],
+            [("a-t", "A", "T", 10.0), ("t-r", "T", "R", 40.0), ("r-b", "R", "B", 40.0)],
         )
-        a, t, r, b = (net.ids[n] for n in "ATRB")
-        async with running_lab(net, tmp_path / "ctl.sqlite") as lab:
-            sid = str(uuid.uuid4())
-            status, body = await lab.post(
-                f"/data/{NET}", {"qsdn-orchestrator:qkd_svc_link": [key(net, sid, repeaters=True)]}
+        saes = Saes(configure(net, tmp_path, medium.port), net)
+        try:
+            await net.start(start_agent)
+            seed(
+                net,
+                tmp_path / "ctl.sqlite",
+                {
+                    "T": ("relay", True, MEMORY),
+                    "R": ("repeater", False, {"memories": 2, "coherence_time_s": 10.0}),
+                    "B": ("endpoint", True, MEMORY),
+                },
             )
-            assert status == 201, body
-            link = (await lab.get(f"/data/{NET}/qkd_svc_link={sid}"))["qsdn-orchestrator:qkd_svc_link"][0]
-            assert link["path"] == [a, t, r, b] and link["plan"]["key_visible_to"] == [a, t, b]
+            a, t, r, b = (net.ids[n] for n in "ATRB")
+            async with running_lab(net, tmp_path / "ctl.sqlite") as lab:
+                sid = str(uuid.uuid4())
+                status, body = await lab.post(
+                    f"/data/{NET}", {"qsdn-orchestrator:qkd_svc_link": [key(net, sid, repeaters=True)]}
+                )
+                assert status == 201, body
+                link = (await lab.get(f"/data/{NET}/qkd_svc_link={sid}"))["qsdn-orchestrator:qkd_svc_link"][0]
+                assert link["path"] == [a, t, r, b] and link["plan"]["key_visible_to"] == [a, t, b]
 
-            # the hop links: the A - T PHYS link, the T - B key link of the repeater segment
-            t_cfg = await node_config(net, "T")
-            (key_link,) = texts(t_cfg, "//e:key_qkdl_id/text()")
-            phys = [
-                q
-                for q in texts(t_cfg, "//n:qkd_link[contains(n:qkdl_type, 'PHYS')]/n:qkdl_id/text()")
-                if q != key_link
-            ]
-            assert len(phys) == 1, phys
-            (ab,) = phys
-            kss = {n: net.agents[n].agent.keystore for n in KME_NODES}
-            await wait_until(
-                lambda: kss["A"].stored_bits(ab) >= 4 * SIZE and kss["T"].stored_bits(ab) >= 4 * SIZE,
-                timeout_s=30,
-            )
-            await wait_until(
-                lambda: kss["T"].stored_bits(key_link) >= SIZE and kss["B"].stored_bits(key_link) >= SIZE,
-                timeout_s=60,
-            )
-            a_blocks = {
-                x.block_id: kss["B"].get_block(key_link, x.block_id) for x in kss["B"].blocks(key_link)
-            }
+                # the hop links: the A - T PHYS link, the T - B key link of the repeater segment
+                t_cfg = await node_config(net, "T")
+                (key_link,) = texts(t_cfg, "//e:key_qkdl_id/text()")
+                phys = [
+                    q
+                    for q in texts(t_cfg, "//n:qkd_link[contains(n:qkdl_type, 'PHYS')]/n:qkdl_id/text()")
+                    if q != key_link
+                ]
+                assert len(phys) == 1, phys
+                (ab,) = phys
+                kss = {n: net.agents[n].agent.keystore for n in KME_NODES}
+                await wait_until(
+                    lambda: kss["A"].stored_bits(ab) >= 4 * SIZE and kss["T"].stored_bits(ab) >= 4 * SIZE,
+                    timeout_s=30,
+                )
+                await wait_until(
+                    lambda: kss["T"].stored_bits(key_link) >= SIZE and kss["B"].stored_bits(key_link) >= SIZE,
+                    timeout_s=60,
+                )
+                a_blocks = {
+                    x.block_id: kss["B"].get_block(key_link, x.block_id) for x in kss["B"].blocks(key_link)
+                }
 
-            # ETSI 014: enc_keys at A, the same bytes at B by key_ID, once
-            status, enc = await saes.post(
-                "A", "sae-a", "/api/v1/keys/sae-b/enc_keys", {"number": 1, "size": SIZE}
-            )
-            assert status == 200, enc
-            ids = [k["key_ID"] for k in enc["keys"]]
-            body = {"key_IDs": [{"key_ID": i} for i in ids]}
-            status, dec = await saes.post("B", "sae-b", "/api/v1/keys/sae-a/dec_keys", body)
-            assert status == 200, dec
-            assert dec["keys"] == enc["keys"]
-            status, again = await saes.post("B", "sae-b", "/api/v1/keys/sae-a/dec_keys", body)
-            assert status == 400 and "unknown or already delivered" in again["message"], again
+                # ETSI 014: enc_keys at A, the same bytes at B by key_ID, once
+                status, enc = await saes.post(
+                    "A", "sae-a", "/api/v1/keys/sae-b/enc_keys", {"number": 1, "size": SIZE}
+                )
+                assert status == 200, enc
+                ids = [k["key_ID"] for k in enc["keys"]]
+                body = {"key_IDs": [{"key_ID": i} for i in ids]}
+                status, dec = await saes.post("B", "sae-b", "/api/v1/keys/sae-a/dec_keys", body)
+                assert status == 200, dec
+                assert dec["keys"] == enc["keys"]
+                status, again = await saes.post("B", "sae-b", "/api/v1/keys/sae-a/dec_keys", body)
+                assert status == 400 and "unknown or already delivered" in again["message"], again
 
-            # each hop's key taken once at both of its ends, nothing discarded
-            assert kme_bits(net, "A", ab) == {"consumed": SIZE}
-            assert kme_bits(net, "T", ab) == {"consumed": SIZE}
-            assert kme_bits(net, "T", key_link) == {"consumed": SIZE}
-            assert kme_bits(net, "B", key_link) == {"consumed": SIZE}
-            # T relayed it (a trusted relay: it held both hop pads, so it could read the key)
-            assert net.agents["T"].agent.kme.relay.relayed == 1
+                # each hop's key taken once at both of its ends, nothing discarded
+                assert kme_bits(net, "A", ab) == {"consumed": SIZE}
+                assert kme_bits(net, "T", ab) == {"consumed": SIZE}
+                assert kme_bits(net, "T", key_link) == {"consumed": SIZE}
+                assert kme_bits(net, "B", key_link) == {"consumed": SIZE}
+                # T relayed it (a trusted relay: it held both hop pads, so it could read the key)
+                assert net.agents["T"].agent.kme.relay.relayed == 1
 
-            # R, the repeater, holds nothing of the key: no key link, no byte in files, logs or driver
-            rep = await node_config(net, "R")
-            assert texts(rep, "//n:qkd_link | //n:qkd_app | //e:key_qkdl_id") == []
-            served = [base64.b64decode(k["key"]) for k in enc["keys"]]
-            handle = net.agents["R"]
-            assert handle.agent.kme is None
-            assert_node_holds_no_key(
-                handle.agent, Path(handle.data_dir), served + list(a_blocks.values()), caplog
-            )
-    finally:
-        await saes.close()
-        await medium.stop()
+                # R, the repeater, holds nothing of the key: no key link, no byte in files, logs or driver
+                rep = await node_config(net, "R")
+                assert texts(rep, "//n:qkd_link | //n:qkd_app | //e:key_qkdl_id") == []
+                served = [base64.b64decode(k["key"]) for k in enc["keys"]]
+                handle = net.agents["R"]
+                assert handle.agent.kme is None
+                assert_node_holds_no_key(
+                    handle.agent, Path(handle.data_dir), served + list(a_blocks.values()), caplog
+                )
+        finally:
+            await saes.close()
