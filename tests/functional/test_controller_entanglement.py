@@ -196,59 +196,24 @@ async def qsdn(*args: str, timeout_s: float = 60) -> tuple[int, str, str]:
 
 async def test_qsdn_path_compute_service_options(lab: Lab) -> None:
     conn = ["--url", lab.url, "--user", "op", "--password", "pw"]
-    rc, out, err = await qsdn(
-        "path",
-        "compute",
-        "--src",
-        "A",
-        "--dst",
-        "B",
-        "--service",
-        "key",
-        "--max-trusted",
-        "0",
-        *conn,
-        "--format",
-        "json",
-    )
+
+    async def compute_a_to_b(service: str, *args: str) -> tuple[int, str, str]:
+        """``qsdn path compute`` from A to B with ``--service service`` and ``args``."""
+        return await qsdn("path", "compute", "--src", "A", "--dst", "B", "--service", service, *args, *conn)
+
+    rc, out, err = await compute_a_to_b("key", "--max-trusted", "0", "--format", "json")
     assert rc == 0, err
     o = json.loads(out)["qsdn-orchestrator:output"]
     assert o["node"] == lab.ids("ARB") and o["key_visible_to"] == lab.ids("AB")
     assert o["segment"][0]["technology"] == "entanglement"
 
-    rc, out, err = await qsdn("path", "compute", "--src", "A", "--dst", "B", "--service", "key", *conn)
+    rc, out, err = await compute_a_to_b("key")
     assert rc == 0, err
     assert "A - T - B" in out and "key visible to A, T, B" in out and "qkd" in out
 
-    rc, out, err = await qsdn(
-        "path",
-        "compute",
-        "--src",
-        "A",
-        "--dst",
-        "B",
-        "--service",
-        "entanglement",
-        "--fidelity",
-        "0.97",
-        *conn,
-    )
+    rc, out, err = await compute_a_to_b("entanglement", "--fidelity", "0.97")
     assert rc == 0, err
     assert "A - R - B" in out and ("dejmps" in out or "bbpssw" in out)
 
-    rc, out, err = await qsdn(
-        "path",
-        "compute",
-        "--src",
-        "A",
-        "--dst",
-        "B",
-        "--service",
-        "entanglement",
-        "--fidelity",
-        "0.9999",
-        "--rounds",
-        "0",
-        *conn,
-    )
+    rc, out, err = await compute_a_to_b("entanglement", "--fidelity", "0.9999", "--rounds", "0")
     assert rc == 1 and "resource-denied" in err and "best achievable" in err

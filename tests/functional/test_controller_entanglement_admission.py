@@ -23,54 +23,35 @@ from typing import Any
 import pytest
 
 from controller.entanglement_provision import ENT_NS, segment_session_id
-from controller.store import Store
 from tests.functional.agents import NODE_NS, AgentFactory
 from tests.functional.labnet import Net
 from tests.functional.test_controller_entanglement_sessions import (
+    MEMORY,
     NET,
+    REPEATER,
     Lab,
     holds_nothing,
+    key,
     node_config,
     running_lab,
+    started,
     texts,
 )
 
 NS = {"n": NODE_NS, "e": ENT_NS}
 CREATE = "/operations/qsdn-orchestrator:create-session"
-MEMORY = {"memories": 4, "coherence_time_s": 10.0}
-
-
-def seed(net: Net, db: Path, roles: dict[str, tuple[str, bool, dict[str, Any] | None]]) -> None:
-    """The controller's store: ``roles[name] = (role, trusted, entanglement parameters)``."""
-    store = Store(db)
-    for rec in net.node_records():
-        role, trusted, ent = roles.get(rec.name, ("endpoint", True, None))
-        rec.role, rec.trusted, rec.entanglement = role, trusted, ent
-        store.put_node(rec)
-    for srec in net.span_records():
-        store.put_span(srec)
-    store.close()
-
-
-async def started(
-    start_agent: AgentFactory, tmp: Path, names: list[str], spans: list[tuple[str, str, str, float]]
-) -> Net:
-    net = Net(tmp, names, spans)
-    await net.start(start_agent)
-    return net
 
 
 @pytest.fixture
 async def chain(start_agent: AgentFactory, tmp_path: Path) -> Net:
     net = await started(
-        start_agent, tmp_path, ["A", "R", "B"], [("a-r", "A", "R", 40.0), ("r-b", "R", "B", 40.0)]
-    )
-    seed(
-        net,
-        tmp_path / "ctl.sqlite",
+        start_agent,
+        tmp_path,
+        ["A", "R", "B"],
+        [("a-r", "A", "R", 40.0), ("r-b", "R", "B", 40.0)],
         {
             "A": ("endpoint", True, MEMORY),
-            "R": ("repeater", False, {"memories": 2, "coherence_time_s": 10.0}),
+            "R": ("repeater", False, REPEATER),
             "B": ("endpoint", True, MEMORY),
         },
     )
@@ -140,15 +121,15 @@ async def test_unreachable_fidelity_is_refused_naming_the_best_and_the_limit(
 
 
 async def test_short_lived_memory_is_named_as_the_limit(start_agent: AgentFactory, tmp_path: Path) -> None:
+    short_lived = {"memories": 2, "coherence_time_s": 0.001}
     net = await started(
-        start_agent, tmp_path, ["A", "R", "B"], [("a-r", "A", "R", 40.0), ("r-b", "R", "B", 40.0)]
-    )
-    seed(
-        net,
-        tmp_path / "ctl.sqlite",
+        start_agent,
+        tmp_path,
+        ["A", "R", "B"],
+        [("a-r", "A", "R", 40.0), ("r-b", "R", "B", 40.0)],
         {
             "A": ("endpoint", True, MEMORY),
-            "R": ("repeater", False, {"memories": 2, "coherence_time_s": 0.001}),
+            "R": ("repeater", False, short_lived),
             "B": ("endpoint", True, MEMORY),
         },
     )
@@ -194,12 +175,14 @@ async def test_a_target_that_needs_purification_gets_it_on_every_node(
 async def test_purification_that_needs_more_memories_than_the_ends_have_is_refused(
     start_agent: AgentFactory, tmp_path: Path
 ) -> None:
-    net = await started(
-        start_agent, tmp_path, ["A", "R", "B"], [("a-r", "A", "R", 40.0), ("r-b", "R", "B", 40.0)]
-    )
     small = {"memories": 2, "coherence_time_s": 10.0}
-    seed(net, tmp_path / "ctl.sqlite", {"A": ("endpoint", True, small), "R": ("repeater", False, small),
-                                        "B": ("endpoint", True, small)})  # fmt: skip
+    net = await started(
+        start_agent,
+        tmp_path,
+        ["A", "R", "B"],
+        [("a-r", "A", "R", 40.0), ("r-b", "R", "B", 40.0)],
+        {"A": ("endpoint", True, small), "R": ("repeater", False, small), "B": ("endpoint", True, small)},
+    )
     async with running_lab(net, tmp_path / "ctl.sqlite") as lab:
         # 0.99 needs two rounds, so three memories at each end
         err = await refused(
@@ -214,26 +197,16 @@ async def test_purification_that_needs_more_memories_than_the_ends_have_is_refus
 # --------------------------------------------------------------------------------- key requests
 
 
-def key(net: Net, sid: str, **extra: Any) -> dict[str, Any]:
-    return {
-        "session_id": sid,
-        "src_node": net.ids["A"],
-        "dst_node": net.ids["B"],
-        "src_sae": "sae-a",
-        "dst_sae": "sae-b",
-        "requested_rate_bps": "1",
-        "service": "key",
-        **extra,
-    }
-
-
 async def test_key_without_trusted_nodes_over_a_relay_only_network_is_refused(
     start_agent: AgentFactory, tmp_path: Path
 ) -> None:
     net = await started(
-        start_agent, tmp_path, ["A", "T", "B"], [("a-t", "A", "T", 40.0), ("t-b", "T", "B", 40.0)]
+        start_agent,
+        tmp_path,
+        ["A", "T", "B"],
+        [("a-t", "A", "T", 40.0), ("t-b", "T", "B", 40.0)],
+        {"T": ("relay", True, None)},
     )
-    seed(net, tmp_path / "ctl.sqlite", {"T": ("relay", True, None)})
     async with running_lab(net, tmp_path / "ctl.sqlite") as lab:
         # a mixed key request: the planner finds the relay path only
         err = await refused(
@@ -266,15 +239,7 @@ async def test_mixed_path_reports_who_could_see_the_key(start_agent: AgentFactor
         tmp_path,
         ["A", "T", "R", "B"],
         [("a-t", "A", "T", 40.0), ("t-r", "T", "R", 40.0), ("r-b", "R", "B", 40.0)],
-    )
-    seed(
-        net,
-        tmp_path / "ctl.sqlite",
-        {
-            "T": ("relay", True, MEMORY),
-            "R": ("repeater", False, {"memories": 2, "coherence_time_s": 10.0}),
-            "B": ("endpoint", True, MEMORY),
-        },
+        {"T": ("relay", True, MEMORY), "R": ("repeater", False, REPEATER), "B": ("endpoint", True, MEMORY)},
     )
     a, t, r, b = (net.ids[n] for n in "ATRB")
     async with running_lab(net, tmp_path / "ctl.sqlite") as lab:

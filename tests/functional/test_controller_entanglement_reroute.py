@@ -31,19 +31,21 @@ from controller.provision import derived_id, phys_link_id
 from controller.service import contains
 from tests.functional.agents import NODE_NS, AgentFactory, wait_until
 from tests.functional.labnet import Net
-from tests.functional.test_controller_entanglement_admission import MEMORY, key, seed, started
+from tests.functional.test_controller_entanglement_admission import CREATE, entanglement
 from tests.functional.test_controller_entanglement_sessions import (
+    MEMORY,
     NET,
+    REPEATER,
     Lab,
     holds_nothing,
+    key,
     node_config,
     running_lab,
+    started,
     texts,
 )
 
 NS = {"n": NODE_NS, "e": ENT_NS}
-CREATE = "/operations/qsdn-orchestrator:create-session"
-REPEATER = {"memories": 2, "coherence_time_s": 10.0}
 EMU = "urn:qsdn:yang:qsdn-qkd-emulation"
 
 
@@ -59,10 +61,6 @@ async def diamond(start_agent: AgentFactory, tmp_path: Path) -> Net:
             ("a-r2", "A", "R2", 50.0),
             ("r2-b", "R2", "B", 50.0),
         ],
-    )
-    seed(
-        net,
-        tmp_path / "ctl.sqlite",
         {
             "A": ("endpoint", True, MEMORY),
             "R1": ("repeater", False, REPEATER),
@@ -85,17 +83,7 @@ async def create(lab: Lab, body: dict[str, Any]) -> str:
 
 
 async def entanglement_session(lab: Lab) -> str:
-    return await create(
-        lab,
-        {
-            "session_id": str(uuid.uuid4()),
-            "src_node": lab.net.ids["A"],
-            "dst_node": lab.net.ids["B"],
-            "requested_rate_bps": "1",
-            "service": "entanglement",
-            "target_fidelity": "0.9",
-        },
-    )
+    return await create(lab, entanglement(lab.net, str(uuid.uuid4()), "0.9"))
 
 
 async def state(lab: Lab, sid: str) -> dict[str, Any]:
@@ -235,10 +223,6 @@ async def mixed(start_agent: AgentFactory, tmp_path: Path) -> Net:
             ("u-r", "U", "R", 40.0),
             ("r-b", "R", "B", 40.0),
         ],
-    )
-    seed(
-        net,
-        tmp_path / "ctl.sqlite",
         {
             "T": ("relay", True, MEMORY),
             "U": ("relay", True, MEMORY),

@@ -39,22 +39,35 @@ AUTH = {"Authorization": "Basic " + base64.b64encode(b"op:pw").decode()}
 NS = {"n": NODE_NS, "e": ENT_NS}
 
 
-def chain_net(tmp: Path) -> Net:
-    return Net(tmp, ["A", "R", "B"], [("a-r", "A", "R", 40.0), ("r-b", "R", "B", 40.0)])
+MEMORY = {"memories": 4, "coherence_time_s": 10.0}
+REPEATER = {"memories": 2, "coherence_time_s": 10.0}
+Roles = dict[str, tuple[str, bool, dict[str, Any] | None]]
 
 
-def seed(net: Net, db: Path) -> None:
+def seed(net: Net, db: Path, roles: Roles) -> None:
+    """The controller's store: ``roles[name] = (role, trusted, entanglement parameters)``."""
     store = Store(db)
     for rec in net.node_records():
-        if rec.name == "R":
-            rec.role, rec.trusted = "repeater", False
-            rec.entanglement = {"memories": 2, "coherence_time_s": 10.0}
-        else:
-            rec.entanglement = {"memories": 4, "coherence_time_s": 10.0}
+        role, trusted, ent = roles.get(rec.name, ("endpoint", True, None))
+        rec.role, rec.trusted, rec.entanglement = role, trusted, ent
         store.put_node(rec)
     for srec in net.span_records():
         store.put_span(srec)
     store.close()
+
+
+async def started(
+    start_agent: AgentFactory,
+    tmp: Path,
+    names: list[str],
+    spans: list[tuple[str, str, str, float]],
+    roles: Roles,
+) -> Net:
+    """Agents ``names`` joined by ``spans``, started, and the store ``tmp/ctl.sqlite`` seeded with ``roles``."""
+    net = Net(tmp, names, spans)
+    await net.start(start_agent)
+    seed(net, tmp / "ctl.sqlite", roles)
+    return net
 
 
 @dataclass
@@ -98,13 +111,20 @@ async def running_lab(net: Net, db: Path) -> AsyncIterator[Lab]:
 
 @pytest.fixture
 async def net(start_agent: AgentFactory, tmp_path: Path) -> Net:
-    n = chain_net(tmp_path)
-    await n.start(start_agent)
-    seed(n, tmp_path / "ctl.sqlite")
-    return n
+    return await started(
+        start_agent,
+        tmp_path,
+        ["A", "R", "B"],
+        [("a-r", "A", "R", 40.0), ("r-b", "R", "B", 40.0)],
+        {
+            "A": ("endpoint", True, MEMORY),
+            "R": ("repeater", False, REPEATER),
+            "B": ("endpoint", True, MEMORY),
+        },
+    )
 
 
-def key_session(net: Net, sid: str) -> dict[str, Any]:
+def key(net: Net, sid: str, **extra: Any) -> dict[str, Any]:
     return {
         "session_id": sid,
         "src_node": net.ids["A"],
@@ -113,8 +133,7 @@ def key_session(net: Net, sid: str) -> dict[str, Any]:
         "dst_sae": "sae-b",
         "requested_rate_bps": "1",
         "service": "key",
-        "repeaters": True,
-        "max_trusted_nodes": 0,
+        **extra,
     }
 
 
@@ -156,7 +175,8 @@ async def test_key_session_over_a_repeater_chain_through_restconf(net: Net, tmp_
     async with running_lab(net, tmp_path / "ctl.sqlite") as lab:
         sid = str(uuid.uuid4())
         status, body = await lab.post(
-            f"/data/{NET}", {"qsdn-orchestrator:qkd_svc_link": [key_session(net, sid)]}
+            f"/data/{NET}",
+            {"qsdn-orchestrator:qkd_svc_link": [key(net, sid, repeaters=True, max_trusted_nodes=0)]},
         )
         assert status == 201, body
         kl, es = key_link_id(sid, 0, 0), segment_session_id(sid, 0, 0)

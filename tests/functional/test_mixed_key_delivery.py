@@ -35,8 +35,16 @@ from qsdn.ports import free_port
 from tests.functional.agents import AgentFactory, wait_until
 from tests.functional.entangled import kme_tls, node_pki, running_medium
 from tests.functional.labnet import Net
-from tests.functional.test_controller_entanglement_admission import MEMORY, key, seed
-from tests.functional.test_controller_entanglement_sessions import NET, node_config, running_lab, texts
+from tests.functional.test_controller_entanglement_sessions import (
+    MEMORY,
+    NET,
+    REPEATER,
+    key,
+    node_config,
+    running_lab,
+    seed,
+    texts,
+)
 from tests.functional.test_entanglement_agents import assert_node_holds_no_key
 
 pytestmark = pytest.mark.asyncio
@@ -117,7 +125,7 @@ async def test_key_over_a_qkd_hop_and_a_repeater_segment(
                 tmp_path / "ctl.sqlite",
                 {
                     "T": ("relay", True, MEMORY),
-                    "R": ("repeater", False, {"memories": 2, "coherence_time_s": 10.0}),
+                    "R": ("repeater", False, REPEATER),
                     "B": ("endpoint", True, MEMORY),
                 },
             )
