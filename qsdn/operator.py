@@ -118,12 +118,7 @@ async def _session_create(args: argparse.Namespace) -> int:
         inp["service"] = args.service
         if not entanglement:
             inp["repeaters"] = True
-        if args.fidelity is not None:
-            inp["target_fidelity"] = str(args.fidelity)
-        if args.pair_rate is not None:
-            inp["min_pair_rate_hz"] = str(args.pair_rate)
-        if args.max_trusted is not None:
-            inp["max_trusted_nodes"] = args.max_trusted
+        inp.update(_target_input(args))
         if args.rounds is not None:
             inp["max_purification_rounds"] = args.rounds
     if args.max_hops is not None:
@@ -218,12 +213,7 @@ async def _entanglement_compute(args: argparse.Namespace) -> int:
         "max_purification_rounds": args.rounds,
         "k": args.k,
     }
-    if args.fidelity is not None:
-        inp["target_fidelity"] = str(args.fidelity)
-    if args.pair_rate is not None:
-        inp["min_pair_rate_hz"] = str(args.pair_rate)
-    if args.max_trusted is not None:
-        inp["max_trusted_nodes"] = args.max_trusted
+    inp.update(_target_input(args))
     if args.avoid:
         inp["avoid"] = [await api.node_id(a) for a in args.avoid]
     out = await api.request("POST", f"/operations/{ORCH}:compute-entanglement-path", {f"{ORCH}:input": inp})
@@ -313,6 +303,18 @@ def _rate_default(args: argparse.Namespace) -> argparse.Namespace:
     if args.rate is None:
         args.rate = 1
     return args
+
+
+def _target_input(args: argparse.Namespace) -> dict[str, Any]:
+    """The RPC input leaves of the targets given with ``--service`` (see :func:`_add_target_args`)."""
+    inp: dict[str, Any] = {}
+    if args.fidelity is not None:
+        inp["target_fidelity"] = str(args.fidelity)
+    if args.pair_rate is not None:
+        inp["min_pair_rate_hz"] = str(args.pair_rate)
+    if args.max_trusted is not None:
+        inp["max_trusted_nodes"] = args.max_trusted
+    return inp
 
 
 def _add_target_args(parser: Any) -> None:
