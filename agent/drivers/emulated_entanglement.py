@@ -349,15 +349,31 @@ class SwapRecords:
                 return "pending", label, 0
             discarded.discard(label)  # forget() of a walk that stopped at once
             return "failed", label, 0
-        if out.ok:
+        if not out.ok:  # failed at the first swap: the walk and forget() of it, spelt out
+            self._by_left.pop(out.left, None)
+            self._by_right.pop(out.right, None)
             at = out.right if rightwards else out.left
-            if at[0] == target_hop:  # one swap away (forget() of it, spelt out)
+            if at[0] == target_hop:
+                discarded.discard(at)
+                return "failed", label, 0
+            # forget() goes on past the failed swap
+            while at[0] != target_hop:
+                out = index.get(at)
+                if out is None:
+                    break
                 self._by_left.pop(out.left, None)
                 self._by_right.pop(out.right, None)
-                if at in discarded:
-                    discarded.discard(at)
-                    return "failed", at, out.bits
-                return "ok", at, out.bits
+                at = out.right if rightwards else out.left
+            discarded.discard(at)
+            return "failed", label, 0
+        at = out.right if rightwards else out.left
+        if at[0] == target_hop:  # one swap away (forget() of it, spelt out)
+            self._by_left.pop(out.left, None)
+            self._by_right.pop(out.right, None)
+            if at in discarded:
+                discarded.discard(at)
+                return "failed", at, out.bits
+            return "ok", at, out.bits
         frame = 0
         at = label
         while True:
@@ -769,8 +785,17 @@ class RepeaterNode(_NodeBase):
             self._multicast(self.name, self._audience, outcome)
         else:
             self._announce(outcome, self._audience)
-        self._release(_LEFT, left.slot)
-        self._release(_RIGHT, right.slot)
+        # _release of both sides, spelt out
+        free, made, offering = self._free, self._made_this_round, self._offering
+        by_rounds = self._by_rounds
+        free[_LEFT].append(left.slot)
+        if not (by_rounds and made[_LEFT]) and not offering[_LEFT]:
+            self._offer_to[_LEFT](free[_LEFT].pop())
+            offering[_LEFT] = True
+        free[_RIGHT].append(right.slot)
+        if not (by_rounds and made[_RIGHT]) and not offering[_RIGHT]:
+            self._offer_to[_RIGHT](free[_RIGHT].pop())
+            offering[_RIGHT] = True
         if self._rounds is not None:  # _report, spelt out
             self._rounds.report(self.name, round_no, ok)
 
