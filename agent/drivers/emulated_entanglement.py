@@ -509,6 +509,8 @@ class _NodeBase:
         self._port = port
         self._channel = channel
         self._multicast = channel.multicast if isinstance(channel, VirtualChannel) else None
+        # In-process hardware answers a Bell measurement at once: call it, not bell_measure_then.
+        self._bsm_now = port.bell_measure if isinstance(port, NodePort) else None
         self._clock = clock
         self._generation = generation
         self._by_rounds = generation is Generation.ROUNDS
@@ -690,6 +692,35 @@ class RepeaterNode(_NodeBase):
                 "repeater %s: unexpected %s from %s ignored", self.name, type(message).__name__, src
             )
 
+    def _herald_left(self, label: Label, slot: int, partner_slot: int, frame: int) -> None:
+        """:meth:`_NodeBase._herald_left` with :meth:`_held` spelt out (two of them per round)."""
+        self.elementary_pairs += 1
+        made = self._made_this_round
+        made[_LEFT] = True
+        self._offering[_LEFT] = False
+        self._port.apply_pauli(slot, frame)
+        held = _Held(label, slot)
+        if self._cutoff_s is not None:
+            held.cutoff = self._clock.call_later(self._cutoff_s, functools.partial(self._cut, _LEFT, held))
+        self._waiting[_LEFT].append(held)
+        self._try_swap()
+        if not (self._by_rounds and made[_LEFT]):
+            self._request(_LEFT)
+
+    def _herald_right(self, label: Label, slot: int, partner_slot: int, frame: int) -> None:
+        """:meth:`_NodeBase._herald_right` with :meth:`_held` spelt out."""
+        self.elementary_pairs += 1
+        made = self._made_this_round
+        made[_RIGHT] = True
+        self._offering[_RIGHT] = False
+        held = _Held(label, slot)
+        if self._cutoff_s is not None:
+            held.cutoff = self._clock.call_later(self._cutoff_s, functools.partial(self._cut, _RIGHT, held))
+        self._waiting[_RIGHT].append(held)
+        self._try_swap()
+        if not (self._by_rounds and made[_RIGHT]):
+            self._request(_RIGHT)
+
     def _held(self, side: int, label: Label, slot: int) -> None:
         held = _Held(label, slot)
         if self._cutoff_s is not None:
@@ -757,9 +788,12 @@ class RepeaterNode(_NodeBase):
                 left.cutoff.cancel()
             if right.cutoff is not None:
                 right.cutoff.cancel()
-            self._port.bell_measure_then(
-                left.slot, right.slot, functools.partial(self._swapped, left, right, self._round)
-            )
+            if self._bsm_now is not None:  # what bell_measure_then does on a NodePort, without the partial
+                self._swapped(left, right, self._round, self._bsm_now(left.slot, right.slot))
+            else:
+                self._port.bell_measure_then(
+                    left.slot, right.slot, functools.partial(self._swapped, left, right, self._round)
+                )
 
     def _swapped(self, left: _Held, right: _Held, round_no: int, result: BsmResult) -> None:
         records = self._records

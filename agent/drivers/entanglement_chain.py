@@ -281,7 +281,7 @@ class EntanglementChain:
         fidelity = self.medium.pair_fidelity(pair.node, pair.slot)
         if fidelity is not None:
             self._fidelities.append(fidelity)
-            self._times.append(self.clock.now())
+            self._times.append(pair.delivered_s)  # delivered now: this runs as the pair is delivered
 
     def _raw_pair(self, pair: DeliveredPair) -> None:
         first = self._first.pop(pair.pair_id, None)

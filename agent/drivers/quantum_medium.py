@@ -802,8 +802,14 @@ class QuantumMedium:
 
     def _discard(self, mem: _Memory, slot: int) -> None:
         q = mem.qubits.pop(slot, None)
-        if type(q) is _Pair:
-            self._orphan(q, mem, slot)
+        if type(q) is _Pair:  # _orphan(q, mem, slot), spelt out: every delivered pair ends here
+            if q.a_slot == slot and q.a_mem is mem:
+                far, far_slot, far_s = q.b_mem, q.b_slot, q.b_s
+            else:
+                far, far_slot, far_s = q.a_mem, q.a_slot, q.a_s
+            qubits = far.qubits
+            if qubits.get(far_slot) is q:
+                qubits[far_slot] = _Lone(far, far_slot, far_s, None)
 
     def purify_local(
         self, node: str, keep_slot: int, sacrifice_slot: int, protocol: PurificationProtocol
