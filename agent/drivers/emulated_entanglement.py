@@ -978,6 +978,47 @@ class EndNode(_NodeBase):
 
     # -- elementary pairs and resolution --------------------------------------------------------------
 
+    def _herald_left(self, label: Label, slot: int, partner_slot: int, frame: int) -> None:
+        """:meth:`_NodeBase._herald_left` with :meth:`_held` spelt out (the right end's herald)."""
+        self.elementary_pairs += 1
+        made = self._made_this_round
+        made[_LEFT] = True
+        self._offering[_LEFT] = False
+        self._port.apply_pauli(slot, frame)
+        self._unresolved.append((label, slot))
+        if self._herald_ends_round and self._rounds is not None:
+            self._rounds.report(self.name, self._round, True)
+        records = self._records  # pending at once: see _held
+        if (
+            label[0] != self._target and label not in records._by_right and label not in records._discarded
+        ) or records.walk(label, False, self._target)[0] == "pending":
+            if self._requests:
+                self._serve_requests()
+        else:
+            self._resolve()
+        if not (self._by_rounds and made[_LEFT]):
+            self._request(_LEFT)
+
+    def _herald_right(self, label: Label, slot: int, partner_slot: int, frame: int) -> None:
+        """:meth:`_NodeBase._herald_right` with :meth:`_held` spelt out (the left end's herald)."""
+        self.elementary_pairs += 1
+        made = self._made_this_round
+        made[_RIGHT] = True
+        self._offering[_RIGHT] = False
+        self._unresolved.append((label, slot))
+        if self._herald_ends_round and self._rounds is not None:
+            self._rounds.report(self.name, self._round, True)
+        records = self._records  # pending at once: see _held
+        if (
+            label[0] != self._target and label not in records._by_left and label not in records._discarded
+        ) or records.walk(label, True, self._target)[0] == "pending":
+            if self._requests:
+                self._serve_requests()
+        else:
+            self._resolve()
+        if not (self._by_rounds and made[_RIGHT]):
+            self._request(_RIGHT)
+
     def _held(self, side: int, label: Label, slot: int) -> None:
         self._unresolved.append((label, slot))
         if self._herald_ends_round and self._rounds is not None:
