@@ -702,8 +702,16 @@ class RepeaterNode(_NodeBase):
         held = _Held(label, slot)
         if self._cutoff_s is not None:
             held.cutoff = self._clock.call_later(self._cutoff_s, functools.partial(self._cut, _LEFT, held))
-        self._waiting[_LEFT].append(held)
-        self._try_swap()
+        queue = self._waiting[_LEFT]
+        queue.append(held)
+        # _try_swap with nothing on the other side and this qubit alone and ready changes nothing
+        if (
+            self._waiting[_RIGHT]
+            or len(queue) > 1
+            or label[0] != self._targets[_LEFT]
+            or label in self._records._discarded
+        ):
+            self._try_swap()
         if not (self._by_rounds and made[_LEFT]):
             self._request(_LEFT)
 
@@ -716,8 +724,16 @@ class RepeaterNode(_NodeBase):
         held = _Held(label, slot)
         if self._cutoff_s is not None:
             held.cutoff = self._clock.call_later(self._cutoff_s, functools.partial(self._cut, _RIGHT, held))
-        self._waiting[_RIGHT].append(held)
-        self._try_swap()
+        queue = self._waiting[_RIGHT]
+        queue.append(held)
+        # _try_swap with nothing on the other side and this qubit alone and ready changes nothing
+        if (
+            self._waiting[_LEFT]
+            or len(queue) > 1
+            or label[0] != self._targets[_RIGHT]
+            or label in self._records._discarded
+        ):
+            self._try_swap()
         if not (self._by_rounds and made[_RIGHT]):
             self._request(_RIGHT)
 
@@ -1082,8 +1098,13 @@ class EndNode(_NodeBase):
             if self._levels:
                 self._pairs[pair_id] = (slot, 0)
                 self._advance(pair_id)
-            else:
-                self._deliver(pair_id, slot)  # _advance of a level-0 pair with no purification
+            else:  # _advance of a level-0 pair with no purification: _deliver, spelt out
+                stats.delivered += 1
+                pair = DeliveredPair(self, pair_id, self._peer, slot, self._clock.now())
+                if self._app is None:
+                    pair.release()
+                else:
+                    self._app(pair)
         if self._requests:
             self._serve_requests()
 
