@@ -181,6 +181,14 @@ class Chain:
         async with self.http[sae].post(url, json=body) as resp:
             return resp.status, await resp.json()
 
+    async def skip(self, name: str, sae: str, path: str) -> tuple[int, Any]:
+        """``GET`` a SKIP path at ``name``'s KME as ``sae``."""
+        if sae not in self.http:
+            self.http[sae] = aiohttp.ClientSession(connector=aiohttp.TCPConnector(ssl=self.pki.ctx(sae)))
+        url = f"https://127.0.0.1:{self.cfgs[name]['kme']['port']}{path}"
+        async with self.http[sae].get(url) as resp:
+            return resp.status, await resp.json()
+
 
 def _cfg(
     tmp: Path, name: str, node_id: str, medium_port: int, certs: Pki | None, kme_ports: dict[str, int]
@@ -299,6 +307,14 @@ async def test_bbm92_session_delivers_identical_key_served_over_etsi_014(
         assert status == 200, dec
         assert dec["keys"] == enc["keys"]
         served = [base64.b64decode(k["key"]) for k in enc["keys"]]
+
+        # SKIP, the second front end, serves the same key store: a key at A, the same key by keyId at B.
+        status, new = await chain.skip("alice", "sae-a", "/key?remoteSystemID=sae-b&size=128")
+        assert status == 200, new
+        status, got = await chain.skip("bob", "sae-b", f"/key/{new['keyId']}?remoteSystemID=sae-a")
+        assert status == 200, got
+        assert got == new
+        served.append(bytes.fromhex(new["key"]))
         stream = b"".join(key_bytes)  # blocks are consumed in block-id order, keys may span two
         assert all(k in stream for k in served)
 
