@@ -7,11 +7,13 @@ every chain of real agents has in common.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
+import asyncio
+import math
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from agent.config import parse_config
 from agent.drivers.medium_service import MediumServer
@@ -119,3 +121,72 @@ async def running_agents(
     finally:
         for agent in agents.values():
             await agent.stop()
+
+
+# --- the applications' side of the pairs API (agent/kme/entanglement_api.py) ------------------------------
+
+#: One (A's pair, B's pair) measured by the two applications, matched by ``pair_ID``.
+Matched = tuple[dict[str, Any], Any]
+
+
+class PairsClients(Protocol):
+    """The applications of a ``pairs`` session, each calling its own end's API by node name."""
+
+    async def measure(self, node: str, body: Any, app: str | None = None) -> tuple[int, Any]:
+        """POST ``measure`` of the session at ``node`` as ``app`` (default: that end's application)."""
+        ...
+
+    async def status(self, node: str) -> dict[str, Any]:
+        """The session's ``status`` at ``node`` (asserting a 200)."""
+        ...
+
+
+async def wait_delivering(api: PairsClients, ends: Iterable[str], timeout_s: float = 20.0) -> None:
+    """Poll until each of ``ends`` has a pair waiting for its application."""
+    loop = asyncio.get_running_loop()
+    for node in ends:
+        end = loop.time() + timeout_s
+        while (await api.status(node))["pairs_available"] <= 0:
+            assert loop.time() < end, f"no pair delivered at {node}"
+            await asyncio.sleep(0.1)
+
+
+async def measure_rounds(
+    api: PairsClients,
+    basis_a: Any,
+    basis_b: Any | Callable[[list[dict[str, Any]]], Any],
+    pairs: int,
+    ends: tuple[str, str] = ("alice", "bob"),
+    *,
+    number: int = 16,
+    timeout_s: float = 5.0,
+) -> list[Matched]:
+    """Measure ``pairs`` pairs at the first end by number (up to ``number`` a request, which waits at most
+    ``timeout_s``) and the same ids at the second; matched.
+
+    A pair waits at each end for at most the API's hold time from its delivery there, so the second end
+    must ask for the ids before the oldest pair the first end took has waited that long: a slow chain
+    needs a ``timeout_s`` well below the hold time."""
+    first, second = ends
+    matched: list[Matched] = []
+    while len(matched) < pairs:
+        code, a = await api.measure(first, {"number": number, "basis": basis_a, "timeout_s": timeout_s})
+        assert code == 200, a
+        ids = [p["pair_ID"] for p in a["pairs"]]
+        b_basis = basis_b(a["pairs"]) if callable(basis_b) else basis_b
+        code, b = await api.measure(second, {"pair_IDs": ids, "basis": b_basis, "timeout_s": 5})
+        assert code == 200, b
+        assert "missing_pair_IDs" not in b, b
+        assert [p["pair_ID"] for p in b["pairs"]] == ids
+        matched += list(zip(a["pairs"], b["pairs"], strict=True))
+    return matched
+
+
+def qber(matched: list[Matched]) -> float:
+    """The fraction of matched pairs whose outcomes differ."""
+    return sum(1 for a, b in matched if a["outcome"] != b["outcome"]) / len(matched)
+
+
+def qber_bound(p: float, n: int) -> float:
+    """Four standard deviations of a binomial rate over ``n`` samples (at least that of p = 1 %)."""
+    return 4 * math.sqrt(max(p, 0.01) * (1 - max(p, 0.01)) / n)

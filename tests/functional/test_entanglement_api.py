@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -40,11 +39,15 @@ from tests.functional.entangled import (
     delete_session_xml,
     elementary_link_xml,
     kme_tls,
+    measure_rounds,
     netconf_client,
     node_pki,
+    qber,
+    qber_bound,
     running_agents,
     running_medium,
     source_xml,
+    wait_delivering,
 )
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -178,44 +181,8 @@ async def chain(tmp_path_factory: pytest.TempPathFactory, schema: SchemaContext)
                     await s.close()
 
 
-async def _delivering(chain: Chain) -> None:
-    for node in ("alice", "bob"):
-        ok = False
-        for _ in range(200):
-            if (await chain.status(node))["pairs_available"] > 0:
-                ok = True
-                break
-            await asyncio.sleep(0.1)
-        assert ok, f"no pair delivered at {node}"
-
-
-async def _rounds(chain: Chain, basis_a: Any, basis_b: Any, pairs: int) -> list[tuple[dict[str, Any], Any]]:
-    """Measure ``pairs`` pairs at A by number and the same ids at B; (A's pair, B's pair) matched."""
-    matched: list[tuple[dict[str, Any], Any]] = []
-    while len(matched) < pairs:
-        code, a = await chain.measure("alice", {"number": 16, "basis": basis_a, "timeout_s": 5})
-        assert code == 200, a
-        ids = [p["pair_ID"] for p in a["pairs"]]
-        b_basis = basis_b if not callable(basis_b) else basis_b(a["pairs"])
-        code, b = await chain.measure("bob", {"pair_IDs": ids, "basis": b_basis, "timeout_s": 5})
-        assert code == 200, b
-        assert "missing_pair_IDs" not in b, b
-        assert [p["pair_ID"] for p in b["pairs"]] == ids
-        matched += list(zip(a["pairs"], b["pairs"], strict=True))
-    return matched
-
-
-def _qber(matched: list[tuple[dict[str, Any], Any]]) -> float:
-    return sum(a["outcome"] != b["outcome"] for a, b in matched) / len(matched)
-
-
-def _bound(p: float, n: int) -> float:
-    """Four standard deviations of a binomial rate over ``n`` samples (at least that of p = 1 %)."""
-    return 4 * math.sqrt(max(p, 0.01) * (1 - max(p, 0.01)) / n)
-
-
 async def test_sessions_status_and_the_repeater(chain: Chain) -> None:
-    await _delivering(chain)
+    await wait_delivering(chain, ("alice", "bob"))
     code, body = await chain.get("alice", "app-a", f"{BASE}/sessions")
     assert code == 200, body
     assert body["sessions"] == [
@@ -246,33 +213,33 @@ async def test_sessions_status_and_the_repeater(chain: Chain) -> None:
 
 
 async def test_same_basis_outcomes_agree_at_the_rate_the_fidelity_implies(chain: Chain) -> None:
-    await _delivering(chain)
+    await wait_delivering(chain, ("alice", "bob"))
     fidelity = (await chain.status("alice"))["fidelity"]
     expected = 2 * (1 - fidelity) / 3
     for basis in ("Z", "X"):
-        matched = await _rounds(chain, basis, basis, 400)
+        matched = await measure_rounds(chain, basis, basis, 400)
         assert all(a["basis"] == basis and b["basis"] == basis for a, b in matched)
         assert all(a["outcome"] in (0, 1) for a, _ in matched)
         assert all(a["delivered_at"].endswith("Z") for a, _ in matched)
-        qber = _qber(matched)
-        assert abs(qber - expected) <= _bound(expected, len(matched)), (basis, qber, expected, fidelity)
+        rate = qber(matched)
+        assert abs(rate - expected) <= qber_bound(expected, len(matched)), (basis, rate, expected, fidelity)
     st = await chain.status("bob")
     assert st["pairs_measured"] >= 800
 
 
 async def test_different_bases_are_uncorrelated_and_random_bases_are_reported(chain: Chain) -> None:
-    matched = await _rounds(chain, "Z", "X", 400)
-    agree = 1 - _qber(matched)
-    assert abs(agree - 0.5) <= _bound(0.5, len(matched)), agree
+    matched = await measure_rounds(chain, "Z", "X", 400)
+    agree = 1 - qber(matched)
+    assert abs(agree - 0.5) <= qber_bound(0.5, len(matched)), agree
     # Random bases at A; B follows the bases A reports, pair by pair: correlated where they match.
-    matched = await _rounds(chain, "random", lambda pairs: [p["basis"] for p in pairs], 300)
+    matched = await measure_rounds(chain, "random", lambda pairs: [p["basis"] for p in pairs], 300)
     bases = [a["basis"] for a, _ in matched]
     assert {"Z", "X"} == set(bases)
-    assert abs(bases.count("Z") / len(bases) - 0.5) <= _bound(0.5, len(bases))
+    assert abs(bases.count("Z") / len(bases) - 0.5) <= qber_bound(0.5, len(bases))
     assert all(a["basis"] == b["basis"] for a, b in matched)
     fidelity = (await chain.status("alice"))["fidelity"]
     expected = 2 * (1 - fidelity) / 3
-    assert abs(_qber(matched) - expected) <= _bound(expected, len(matched))
+    assert abs(qber(matched) - expected) <= qber_bound(expected, len(matched))
 
 
 async def test_wrong_clients_get_401(chain: Chain) -> None:
