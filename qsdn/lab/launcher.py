@@ -655,7 +655,9 @@ def generate(
 
     qkdi = interface_ids(topo)
     addrs = netns_addresses(topo, plan, qkdi) if plan is not None else processes_addresses(topo)
-    nc_password, rc_password = secrets.token_urlsafe(18), secrets.token_urlsafe(18)
+    # 128 bits each, in hex: a password that starts with '-' would read as an option in netconf-console
+    # and curl command lines.
+    nc_password, rc_password = secrets.token_hex(16), secrets.token_hex(16)
     nc_file, rc_file = lab_dir / "secrets" / "netconf.password", lab_dir / "secrets" / "restconf.password"
     _write_secret(nc_file, nc_password)
     _write_secret(rc_file, rc_password)
