@@ -59,6 +59,35 @@ class Net:
             for n in self.names
         ]
 
+    def topology(self, node_extra: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+        """The controller topology file (``controller.config.load_topology``) of this network.
+
+        ``node_extra`` adds keys (role, trust, entanglement, ...) to the named nodes' entries.
+        """
+        extra = node_extra or {}
+        return {
+            "nodes": [
+                {
+                    "name": n,
+                    "id": self.ids[n],
+                    "netconf": {"host": "127.0.0.1", "port": self.configs[n]["netconf"]["port"]},
+                    **extra.get(n, {}),
+                }
+                for n in self.names
+            ],
+            "spans": [
+                {
+                    "id": sid,
+                    "a": a,
+                    "b": b,
+                    "length_km": km,
+                    "a_qkdi": self.qkdi[(a, sid)],
+                    "b_qkdi": self.qkdi[(b, sid)],
+                }
+                for sid, a, b, km in self.spans
+            ],
+        }
+
     def span_records(self) -> list[SpanRecord]:
         return [
             SpanRecord(

@@ -6,7 +6,6 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -36,27 +35,7 @@ async def qsdn(*args: str, timeout_s: float = 60) -> tuple[int, str, str]:
 async def test_controller_process_and_operator_commands(start_agent: AgentFactory, tmp_path: Path) -> None:
     net = Net(tmp_path, ["A", "B", "C"], [("s-ab", "A", "B", 20.0), ("s-bc", "B", "C", 25.0)])
     await net.start(start_agent)
-    topo: dict[str, Any] = {
-        "nodes": [
-            {
-                "name": n,
-                "id": net.ids[n],
-                "netconf": {"host": "127.0.0.1", "port": net.configs[n]["netconf"]["port"]},
-            }
-            for n in net.names
-        ],
-        "spans": [
-            {
-                "id": sid,
-                "a": a,
-                "b": b,
-                "length_km": km,
-                "a_qkdi": net.qkdi[(a, sid)],
-                "b_qkdi": net.qkdi[(b, sid)],
-            }
-            for sid, a, b, km in net.spans
-        ],
-    }
+    topo = net.topology()
     (tmp_path / "topology.yaml").write_text(yaml.safe_dump(topo))
     port = free_port()
     (tmp_path / "controller.yaml").write_text(

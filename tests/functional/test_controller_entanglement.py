@@ -61,28 +61,7 @@ async def lab(start_agent: AgentFactory, tmp_path: Path) -> AsyncIterator[Lab]:
             "entanglement": {"memories": 2, "coherence_time_s": 10.0},
         },
     }
-    topo = {
-        "nodes": [
-            {
-                "name": n,
-                "id": net.ids[n],
-                "netconf": {"host": "127.0.0.1", "port": net.configs[n]["netconf"]["port"]},
-                **roles[n],
-            }
-            for n in net.names
-        ],
-        "spans": [
-            {
-                "id": sid,
-                "a": a,
-                "b": b,
-                "length_km": km,
-                "a_qkdi": net.qkdi[(a, sid)],
-                "b_qkdi": net.qkdi[(b, sid)],
-            }
-            for sid, a, b, km in net.spans
-        ],
-    }
+    topo = net.topology(roles)
     (tmp_path / "topology.yaml").write_text(yaml.safe_dump(topo))
     nodes, spans = load_topology(tmp_path / "topology.yaml", username=USER, password=PASSWORD)
     store = Store(tmp_path / "ctl.sqlite")
